@@ -1,0 +1,31 @@
+"""trioroom: a Trio-native, room-based WebSocket server, wire-compatible with wsrooms.
+
+The public API::
+
+    from trioroom import Server, Settings, Message, Connection, Reject
+"""
+
+from __future__ import annotations
+
+from .connection import CloseCode, Connection
+from .handshake import Reject, Request
+from .metrics import Metrics
+from .protocol import RESERVED_EVENTS, FrameError, Message
+from .server import Server
+from .settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RESERVED_EVENTS",
+    "CloseCode",
+    "Connection",
+    "FrameError",
+    "Message",
+    "Metrics",
+    "Reject",
+    "Request",
+    "Server",
+    "Settings",
+    "__version__",
+]

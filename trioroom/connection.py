@@ -1,0 +1,326 @@
+"""One client connection: its outbound queue and the nursery that serves it.
+
+A :class:`Connection` is what handlers see: an ID, the claims from
+authentication, its rooms, and ways to send. While its socket is up it runs a
+nursery of three tasks:
+
+* the **reader** takes complete messages from the transport and hands them to
+  the server, one at a time, so a connection's messages are handled in order;
+* the **writer** takes every frame queued at that moment from a trio memory
+  channel of fixed capacity and writes them in one ``send_all``;
+* the **heartbeat** pings the peer and closes the connection when a pong does
+  not come back in time. It never waits on the outbound queue, so it keeps
+  working when the queue is full or the peer stopped reading.
+
+Everything sent to a connection goes through :meth:`Connection._deliver`,
+which never blocks: frames from any sender reach a recipient in the order
+they were queued, and a full queue triggers the slow-consumer policy instead
+of delaying the sender.
+
+The transports (the native sans-I/O engine in :mod:`trioroom.transport`, the
+trio-websocket adapter) only move bytes; this module holds the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from .handshake import Request
+from .log import ConnectionLogger
+from .protocol import encode
+from .wsframe import binary_frame
+
+if TYPE_CHECKING:
+    from .server import Server
+
+__all__ = ["CloseCode", "Connection", "Transport"]
+
+logger = logging.getLogger("trioroom.connection")
+
+
+class CloseCode:
+    """WebSocket close codes the server sends. See ``docs/operations.md``."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # graceful shutdown
+    PROTOCOL_ERROR = 1002
+    POLICY_VIOLATION = 1008  # too many malformed frames, rate limit
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # heartbeat or write timeout
+    TRY_AGAIN_LATER = 1013  # connection limits
+    KICKED = 4000
+    SLOW_CONSUMER = 4001
+    ROOM_CLOSED = 4002
+
+
+class Transport(Protocol):
+    """What a connection needs from a WebSocket implementation."""
+
+    #: ``(code, reason)`` of the close frame the peer sent, once it did.
+    peer_close: tuple[int, str] | None
+
+    def attach(self, wake_writer: Any) -> None:
+        """Give the transport a callable that wakes the writer task."""
+
+    async def receive(self) -> bytes | None:
+        """The next complete message, or ``None`` once the peer is gone."""
+
+    async def write(self, frames: list[bytes]) -> None:
+        """Write WebSocket binary frames (and any pending control frames)."""
+
+    async def ping(self) -> None:
+        """Send a ping and return when its pong arrives."""
+
+    async def close(self, code: int, reason: str, pending: list[bytes]) -> None:
+        """Write ``pending`` frames, then close with ``code``; wait for the peer."""
+
+
+class Connection:
+    """A client of the server, as handlers see it.
+
+    Attributes:
+        id: The connection ID, a v4 UUID string, unique on every node.
+        claims: What the server's ``authorize`` callback returned (``None``
+            without one).
+        request: The HTTP request that opened the connection.
+    """
+
+    def __init__(self, server: Server, conn_id: str, request: Request, claims: Any = None) -> None:
+        self.server = server
+        self.id = conn_id
+        self.request = request
+        self.claims = claims
+        self._rooms: set[str] = set()
+        settings = server.settings
+        self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](
+            settings.queue_frames
+        )
+        self._queue_bytes_limit = settings.queue_bytes
+        self._drop_oldest = settings.slow_consumer_policy == "drop_oldest"
+        self._queued_bytes = 0
+        self._cancel_scope: trio.CancelScope | None = None
+        #: Set when the connection is closing: (code, reason, why).
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        self.disconnect_reason: str = ""
+        self._graceful = True
+        self.closed = trio.Event()
+        self.frames_dropped = 0
+        self.bad_frames = 0
+        self._tokens = float(settings.rate_burst)
+        self._tokens_at = 0.0
+        self.log = ConnectionLogger(logger, {"conn_id": conn_id})
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id}>"
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """Names of the rooms this connection is in."""
+        return frozenset(self._rooms)
+
+    @property
+    def remote_address(self) -> str | None:
+        """The client's IP address, when known."""
+        return self.request.remote_address
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the outbound queue."""
+        return self._queued_bytes
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting in the outbound queue."""
+        return self._send_channel.statistics().current_buffer_used
+
+    # -- sending ---------------------------------------------------------
+
+    async def send(
+        self, event: str, payload: bytes | str = b"", *, room: str = "root", src: str = ""
+    ) -> bool:
+        """Send an event to this connection only.
+
+        Returns ``False`` when the connection is closed or its queue is full.
+        """
+        await trio.lowlevel.checkpoint()
+        if isinstance(payload, str):
+            payload = payload.encode()
+        return self._deliver(binary_frame(encode(room, event, "", src, payload)))
+
+    async def broadcast(self, room: str, event: str, payload: bytes | str = b"") -> int:
+        """Send to every member of ``room`` except this connection, as its sender."""
+        return await self.server.broadcast(room, event, payload, exclude=self.id, src=self.id)
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close the connection: queued frames are still written, then a close frame."""
+        self.abort(code, reason, "server_close", graceful=True)
+        await self.closed.wait()
+
+    def abort(self, code: int, reason: str, why: str, *, graceful: bool = False) -> None:
+        """Close without waiting. ``graceful`` writes queued frames first."""
+        if self.close_code is None:
+            self.close_code = code
+            self.close_reason = reason
+            self.disconnect_reason = why
+            self._graceful = graceful
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    def _deliver(self, frame: bytes) -> bool:
+        """Queue one encoded frame without blocking; apply the slow-consumer policy."""
+        if self.close_code is not None:
+            return False
+        size = len(frame)
+        if self._queued_bytes + size <= self._queue_bytes_limit:
+            try:
+                self._send_channel.send_nowait(frame)
+            except trio.WouldBlock:
+                pass
+            else:
+                self._queued_bytes += size
+                return True
+        return self._overflow(frame)
+
+    def _overflow(self, frame: bytes) -> bool:
+        metrics = self.server.metrics
+        if not self._drop_oldest:
+            metrics.frames_dropped["slow_consumer"] += 1
+            self.log.warning(
+                "outbound queue full (%d frames, %d bytes): disconnecting slow consumer",
+                self.queued_frames,
+                self._queued_bytes,
+            )
+            self.abort(CloseCode.SLOW_CONSUMER, "slow consumer", "slow_consumer")
+            return False
+        size = len(frame)
+        if size > self._queue_bytes_limit:
+            metrics.frames_dropped["too_large_for_queue"] += 1
+            self.frames_dropped += 1
+            return False
+        while True:
+            try:
+                old = self._receive_channel.receive_nowait()
+            except trio.WouldBlock:
+                break
+            self._queued_bytes -= len(old)
+            if old:
+                metrics.frames_dropped["drop_oldest"] += 1
+                self.frames_dropped += 1
+            if self._queued_bytes + size <= self._queue_bytes_limit:
+                try:
+                    self._send_channel.send_nowait(frame)
+                except trio.WouldBlock:
+                    continue
+                self._queued_bytes += size
+                return True
+        return False
+
+    def _wake_writer(self) -> None:
+        # An empty frame writes nothing but makes the writer flush the
+        # transport's control frames. When the queue is full the writer has
+        # work already, so the wake-up is not needed.
+        try:
+            self._send_channel.send_nowait(b"")
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass
+
+    # -- rate limit --------------------------------------------------------
+
+    def _take_token(self) -> bool:
+        settings = self.server.settings
+        now = trio.current_time()
+        self._tokens = min(
+            float(settings.rate_burst), self._tokens + (now - self._tokens_at) * settings.rate_limit
+        )
+        self._tokens_at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    # -- the nursery ------------------------------------------------------
+
+    async def _serve(self, transport: Transport) -> None:
+        """Run reader, writer and heartbeat until one of them ends the connection."""
+        transport.attach(self._wake_writer)
+        self._tokens_at = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            self._cancel_scope = nursery.cancel_scope
+            if self.close_code is not None:  # aborted before the nursery existed
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(self._writer, transport)
+            if self.server.settings.ping_interval is not None:
+                nursery.start_soon(self._heartbeat, transport)
+            nursery.start_soon(self._reader, transport, nursery.cancel_scope)
+
+    async def _reader(self, transport: Transport, scope: trio.CancelScope) -> None:
+        handle = self.server._handle_data
+        while True:
+            data = await transport.receive()
+            if data is None:
+                break
+            await handle(self, data)
+        if self.close_code is None:
+            code, reason = transport.peer_close or (CloseCode.INTERNAL_ERROR, "")
+            self.close_code = code
+            self.close_reason = reason
+            self.disconnect_reason = "peer"
+        scope.cancel()
+
+    async def _writer(self, transport: Transport) -> None:
+        receive_nowait = self._receive_channel.receive_nowait
+        write_timeout = self.server.settings.write_timeout
+        while True:
+            frames = [await self._receive_channel.receive()]
+            try:
+                while True:
+                    frames.append(receive_nowait())
+            except trio.WouldBlock:
+                pass
+            self._queued_bytes -= sum(map(len, frames))
+            with trio.move_on_after(write_timeout) as timeout:
+                await transport.write(frames)
+            if timeout.cancelled_caught:
+                self.server.metrics.frames_dropped["write_timeout"] += len(frames)
+                self.log.warning("write took over %.1fs: closing", write_timeout)
+                self.abort(CloseCode.INTERNAL_ERROR, "write timeout", "write_timeout")
+                return
+
+    async def _heartbeat(self, transport: Transport) -> None:
+        settings = self.server.settings
+        assert settings.ping_interval is not None
+        while True:
+            await trio.sleep(settings.ping_interval)
+            with trio.move_on_after(settings.ping_timeout):
+                await transport.ping()
+                continue
+            self.server.metrics.heartbeat_failures += 1
+            self.log.info("no pong within %.1fs: closing", settings.ping_timeout)
+            self.abort(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", "heartbeat_timeout")
+            return
+
+    def _pending_frames(self) -> list[bytes]:
+        """Take what is still queued; used for a graceful close."""
+        frames: list[bytes] = []
+        try:
+            while True:
+                frames.append(self._receive_channel.receive_nowait())
+        except trio.WouldBlock:
+            pass
+        self._queued_bytes = 0
+        return [f for f in frames if f]
+
+    async def _close_transport(self, transport: Transport) -> None:
+        """Send the close frame (after queued frames when graceful), bounded in time."""
+        queued = self._pending_frames()
+        pending = queued if self._graceful else []
+        code = self.close_code if self.close_code is not None else CloseCode.NORMAL
+        with trio.move_on_after(self.server.settings.close_timeout):
+            try:
+                await transport.close(code, self.close_reason, pending)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass

@@ -1,0 +1,115 @@
+"""Counters of one server, readable from Python and exported to Prometheus.
+
+The hot path only adds to plain integers; :class:`PrometheusCollector`
+reads them when ``/metrics`` is scraped, so metrics cost nothing between
+scrapes and there is no global registry.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+
+__all__ = ["Metrics", "PrometheusCollector"]
+
+
+@attrs.define(eq=False)
+class Metrics:
+    """Running totals of one :class:`~trioroom.Server`."""
+
+    connections_opened: int = 0
+    connections_closed: int = 0
+    #: Handshakes refused, by HTTP status.
+    handshakes_rejected: Counter[int] = attrs.field(factory=Counter)
+    messages_in: int = 0
+    bytes_in: int = 0
+    #: Frames put in outbound queues (a broadcast to N members counts N).
+    messages_out: int = 0
+    bytes_out: int = 0
+    #: Broadcasts and room emits, and the deliveries they made.
+    broadcasts: int = 0
+    fanout_deliveries: int = 0
+    #: Inbound or outbound frames dropped, by reason.
+    frames_dropped: Counter[str] = attrs.field(factory=Counter)
+    #: Connections closed, by reason (``peer``, ``slow_consumer``, ...).
+    disconnects: Counter[str] = attrs.field(factory=Counter)
+    #: Connections closed, by WebSocket close code.
+    close_codes: Counter[int] = attrs.field(factory=Counter)
+    handler_errors: int = 0
+    handler_calls: int = 0
+    handler_seconds: float = 0.0
+    heartbeat_failures: int = 0
+    #: Cross-node operations that failed (Redis backplane).
+    backplane_errors: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A snapshot as plain Python values."""
+        return {
+            key: dict(value) if isinstance(value, Counter) else value
+            for key, value in attrs.asdict(self, recurse=False).items()
+        }
+
+
+class PrometheusCollector:
+    """A prometheus-client collector reading a :class:`Metrics` and live gauges.
+
+    ``gauges`` returns the current connections, rooms and queue fill when
+    called; register the collector on a ``CollectorRegistry`` of your own.
+    """
+
+    def __init__(
+        self, metrics: Metrics, gauges: Callable[[], dict[str, float]], prefix: str = "trioroom"
+    ) -> None:
+        self._metrics = metrics
+        self._gauges = gauges
+        self._prefix = prefix
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        p = self._prefix
+        m = self._metrics
+        for name, value in self._gauges().items():
+            yield GaugeMetricFamily(f"{p}_{name}", name.replace("_", " "), value=value)
+        plain = {
+            "connections_opened": "Connections accepted",
+            "connections_closed": "Connections closed",
+            "messages_in": "Messages received from clients",
+            "bytes_in": "Bytes of messages received from clients",
+            "messages_out": "Frames queued to clients",
+            "bytes_out": "Bytes of frames queued to clients",
+            "broadcasts": "Room broadcasts and emits",
+            "fanout_deliveries": "Deliveries made by broadcasts",
+            "handler_errors": "Handler calls that raised",
+            "heartbeat_failures": "Pings not answered in time",
+            "backplane_errors": "Failed cross-node operations",
+        }
+        for attr, doc in plain.items():
+            yield CounterMetricFamily(f"{p}_{attr}", doc, value=getattr(m, attr))
+        labelled = (
+            ("frames_dropped", "Frames dropped, by reason", "reason", m.frames_dropped),
+            ("disconnects", "Connections closed, by reason", "reason", m.disconnects),
+            ("close_codes", "Connections closed, by close code", "code", m.close_codes),
+            (
+                "handshakes_rejected",
+                "Handshakes refused, by HTTP status",
+                "status",
+                m.handshakes_rejected,
+            ),
+        )
+        for name, doc, label, counter in labelled:
+            family = CounterMetricFamily(f"{p}_{name}", doc, labels=[label])
+            for key, value in sorted(counter.items(), key=lambda kv: str(kv[0])):
+                family.add_metric([str(key)], value)
+            yield family
+        handler = CounterMetricFamily(
+            f"{p}_handler_seconds", "Total time spent in handlers", value=m.handler_seconds
+        )
+        yield handler
+        yield CounterMetricFamily(f"{p}_handler_calls", "Handler calls", value=m.handler_calls)

@@ -1,0 +1,175 @@
+"""The wsrooms frame codec, sans-I/O.
+
+A frame is five fields, each preceded by a 4-byte unsigned big-endian length
+counted in bytes::
+
+    u32 len | room | u32 len | event | u32 len | dst | u32 len | src | u32 len | payload
+
+``room``, ``event``, ``dst`` and ``src`` are UTF-8 strings; ``payload`` is opaque
+bytes. An empty string means "absent". See ``docs/protocol.md``.
+
+Nothing here does I/O: :func:`encode` turns fields into bytes and
+:meth:`Message.decode` turns bytes into a :class:`Message` or raises
+:class:`FrameError`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable
+
+import attrs
+
+__all__ = [
+    "HEADER_SIZE",
+    "MIN_FRAME_SIZE",
+    "RESERVED_EVENTS",
+    "FrameError",
+    "Message",
+    "encode",
+    "member_list_payload",
+]
+
+_LEN = struct.Struct(">I")
+_pack_len = _LEN.pack
+_unpack_len_from = _LEN.unpack_from
+
+#: Size of one length prefix.
+HEADER_SIZE = 4
+#: The smallest valid frame: five empty fields.
+MIN_FRAME_SIZE = 5 * HEADER_SIZE
+
+#: Events with a meaning in the protocol. Clients must not send custom events
+#: with these names and servers must not register handlers for them.
+#: ``open`` and ``close`` are local events of the JavaScript clients.
+RESERVED_EVENTS = frozenset(
+    {
+        "open",
+        "close",
+        "join",
+        "join_ack",
+        "leave",
+        "leave_ack",
+        "new_member",
+        "member_left",
+    }
+)
+
+_FIELD_NAMES = ("room", "event", "dst", "src", "payload")
+
+
+class FrameError(ValueError):
+    """A frame does not follow the wire format.
+
+    The message says what is wrong and at which byte offset; :attr:`offset`
+    holds that offset for programs.
+    """
+
+    def __init__(self, reason: str, offset: int) -> None:
+        super().__init__(f"malformed frame: {reason} at offset {offset}")
+        self.reason = reason
+        self.offset = offset
+
+
+def encode(room: str, event: str, dst: str, src: str, payload: bytes) -> bytes:
+    """Encode the five fields of a frame into bytes."""
+    r = room.encode()
+    e = event.encode()
+    d = dst.encode()
+    s = src.encode()
+    return b"".join(
+        (
+            _pack_len(len(r)),
+            r,
+            _pack_len(len(e)),
+            e,
+            _pack_len(len(d)),
+            d,
+            _pack_len(len(s)),
+            s,
+            _pack_len(len(payload)),
+            payload,
+        )
+    )
+
+
+def member_list_payload(member_ids: Iterable[str]) -> bytes:
+    """Encode a member list as the compact JSON array of strings clients expect."""
+    return json.dumps(list(member_ids), separators=(",", ":")).encode()
+
+
+def _as_bytes(value: bytes | bytearray | memoryview | str) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    return bytes(value)
+
+
+@attrs.frozen(slots=True)
+class Message:
+    """One frame of the wsrooms protocol.
+
+    ``payload`` is bytes; a ``str`` given to the constructor is stored UTF-8
+    encoded so that every message has one representation.
+    """
+
+    room: str = ""
+    event: str = ""
+    dst: str = ""
+    src: str = ""
+    payload: bytes = attrs.field(default=b"", converter=_as_bytes)
+
+    def encode(self) -> bytes:
+        """Return the wire form of this message."""
+        return encode(self.room, self.event, self.dst, self.src, self.payload)
+
+    @property
+    def text(self) -> str:
+        """The payload decoded as UTF-8 (raises ``UnicodeDecodeError`` if it is not)."""
+        return self.payload.decode()
+
+    @classmethod
+    def decode(cls, data: bytes | bytearray | memoryview) -> Message:
+        """Parse one complete frame strictly.
+
+        Raises :class:`FrameError` when a length runs past the end, bytes
+        follow the payload, or a string field is not valid UTF-8. Nothing is
+        allocated beyond the bytes given: lengths are checked against the
+        buffer before any field is copied.
+        """
+        view = memoryview(data)
+        size = len(view)
+        if size < MIN_FRAME_SIZE:
+            raise FrameError(f"frame of {size} bytes is shorter than {MIN_FRAME_SIZE}", size)
+        fields: list[str] = []
+        offset = 0
+        for name in _FIELD_NAMES[:4]:
+            if offset + HEADER_SIZE > size:
+                raise FrameError(f"length of field {name!r} is cut off", offset)
+            (length,) = _unpack_len_from(view, offset)
+            start = offset + HEADER_SIZE
+            end = start + length
+            if end > size:
+                raise FrameError(
+                    f"field {name!r} claims {length} bytes but only {size - start} remain",
+                    offset,
+                )
+            try:
+                fields.append(str(view[start:end], "utf-8"))
+            except UnicodeDecodeError as exc:
+                raise FrameError(
+                    f"field {name!r} is not valid UTF-8 ({exc.reason})", start + exc.start
+                ) from None
+            offset = end
+        if offset + HEADER_SIZE > size:
+            raise FrameError("length of field 'payload' is cut off", offset)
+        (length,) = _unpack_len_from(view, offset)
+        start = offset + HEADER_SIZE
+        end = start + length
+        if end > size:
+            raise FrameError(
+                f"field 'payload' claims {length} bytes but only {size - start} remain", offset
+            )
+        if end != size:
+            raise FrameError(f"{size - end} trailing bytes after the payload", end)
+        return cls(fields[0], fields[1], fields[2], fields[3], bytes(view[start:end]))

@@ -1,0 +1,777 @@
+"""The server: listen, upgrade, authenticate, and dispatch to rooms and handlers.
+
+A :class:`Server` holds no global state; run as many as you like, each inside a
+nursery of yours::
+
+    server = trioroom.Server()
+
+    @server.on("ping")
+    async def ping(conn, msg):
+        await conn.send("pong", msg.payload, room=msg.room)
+
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(server.serve, "127.0.0.1", 8080)
+
+The rules for each inbound frame are those of ``docs/protocol.md``: ``join``
+and ``leave`` change membership; a frame with ``dst`` is a direct message; an
+event with a registered handler runs only that handler; any other event is
+broadcast to the room, excluding its sender. The server always sets ``src``
+to the real sender.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from itertools import islice
+from typing import Any, TypeVar
+
+import attrs
+import trio
+from websockets.http11 import Request as WsRequest
+from websockets.http11 import Response
+from websockets.server import ServerProtocol
+
+from .backplane import Backplane, LocalBackplane
+from .connection import CloseCode, Connection, Transport
+from .handshake import Reject, Request, origin_allowed
+from .metrics import Metrics
+from .protocol import RESERVED_EVENTS, FrameError, Message, encode, member_list_payload
+from .rooms import RoomRegistry
+from .settings import Settings
+from .transport import RECEIVE_SIZE, StreamTransport
+from .wsframe import binary_frame, frame_payload
+
+__all__ = [
+    "AuthorizeCallback",
+    "AuthorizeJoinCallback",
+    "Handler",
+    "ProcessRequestCallback",
+    "Server",
+]
+
+logger = logging.getLogger("trioroom.server")
+wire_logger = logging.getLogger("trioroom.wire")
+
+Handler = Callable[[Connection, Message], Awaitable[Any]]
+AuthorizeCallback = Callable[[Request], Awaitable[Any]]
+AuthorizeJoinCallback = Callable[[Connection, str], Awaitable[bool]]
+#: Answers plain HTTP requests (health checks, static files) before the
+#: WebSocket upgrade; returns ``None`` to let the upgrade go on.
+ProcessRequestCallback = Callable[[Request], Awaitable[Response | None]]
+H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
+
+ROOT = "root"
+_HOOKS = ("connect", "disconnect", "join", "leave")
+
+
+class Server:
+    """A room server. See the module docstring for an example.
+
+    Args:
+        settings: All tunables; keyword arguments override single fields
+            (``Server(root_notices=False)``).
+        authorize: ``async (request) -> claims``, run before the upgrade.
+            Raise :class:`~trioroom.Reject` (or return ``None``/``False``) to
+            refuse with an HTTP status (401 by default). The claims are
+            available as ``conn.claims``.
+        authorize_join: ``async (conn, room) -> bool``; a refused join adds no
+            membership and notifies nobody.
+        process_request: ``async (request) -> Response | None`` answering plain
+            HTTP requests on the same port.
+        backplane: Cross-process delivery; in-process by default.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        authorize: AuthorizeCallback | None = None,
+        authorize_join: AuthorizeJoinCallback | None = None,
+        process_request: ProcessRequestCallback | None = None,
+        backplane: Backplane | None = None,
+        **overrides: Any,
+    ) -> None:
+        settings = settings or Settings()
+        if overrides:
+            settings = attrs.evolve(settings, **overrides)
+        self.settings = settings
+        self.metrics = Metrics()
+        self.authorize = authorize
+        self.authorize_join = authorize_join
+        self.process_request = process_request
+        self.backplane = backplane or LocalBackplane()
+        self._rooms: RoomRegistry[Connection] = RoomRegistry()
+        self._connections: dict[str, Connection] = {}
+        self._per_address: Counter[str] = Counter()
+        self._handshaking = 0
+        self._handlers: dict[str, Handler] = {}
+        self._hooks: dict[str, list[Callable[..., Awaitable[None]]]] = {h: [] for h in _HOOKS}
+        self._accept_scopes: set[trio.CancelScope] = set()
+        self._serve_scopes: set[trio.CancelScope] = set()
+        self._backplane_running = False
+        self.shutting_down = False
+
+    # -- registration ------------------------------------------------------
+
+    def on(self, event: str) -> Callable[[Handler], Handler]:
+        """Register ``async handler(conn, msg)`` for a custom event.
+
+        Only the handler runs for that event: nothing is broadcast unless it
+        does so. ``msg.src`` is the sender's real ID. Raises ``ValueError`` for
+        reserved or already registered names.
+        """
+        if not isinstance(event, str) or not event:
+            raise ValueError("event name must be a non-empty string")
+        if event in RESERVED_EVENTS:
+            raise ValueError(f"event {event!r} is reserved by the protocol; pick another name")
+        if event in self._handlers:
+            raise ValueError(f"a handler for event {event!r} is already registered")
+
+        def register(handler: Handler) -> Handler:
+            if event in self._handlers:
+                raise ValueError(f"a handler for event {event!r} is already registered")
+            self._handlers[event] = handler
+            return handler
+
+        return register
+
+    def on_connect(self, hook: H) -> H:
+        """Register ``async hook(conn)``, run after the connection joined ``root``."""
+        self._hooks["connect"].append(hook)
+        return hook
+
+    def on_disconnect(self, hook: H) -> H:
+        """Register ``async hook(conn)``; ``conn.close_code``/``disconnect_reason`` say why."""
+        self._hooks["disconnect"].append(hook)
+        return hook
+
+    def on_join(self, hook: H) -> H:
+        """Register ``async hook(conn, room)``, run after each new membership."""
+        self._hooks["join"].append(hook)
+        return hook
+
+    def on_leave(self, hook: H) -> H:
+        """Register ``async hook(conn, room)``, run after each ended membership."""
+        self._hooks["leave"].append(hook)
+        return hook
+
+    async def _run_hooks(self, name: str, *args: Any) -> None:
+        for hook in self._hooks[name]:
+            try:
+                await hook(*args)
+            except Exception:
+                self.metrics.handler_errors += 1
+                logger.exception("%s hook failed", name, extra=_context(args))
+
+    # -- serving -------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str | None = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host``:``port`` until :meth:`shutdown` or cancellation.
+
+        Use with ``nursery.start``, which returns the bound ``(host, port)``;
+        port 0 picks a free port.
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(self.serve_listeners, listeners)
+            host_name, port_number = addresses[0][:2]
+            task_status.started((host_name, port_number))
+
+    async def serve_listeners(
+        self,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        *,
+        task_status: trio.TaskStatus[list[Any]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on listeners you made (``trio.SSLListener`` for TLS).
+
+        ``nursery.start`` returns the listeners' local addresses.
+        """
+        async with trio.open_nursery() as nursery:
+            self._serve_scopes.add(nursery.cancel_scope)
+            try:
+                await self._ensure_backplane(nursery)
+                accept_scope = trio.CancelScope()
+                self._accept_scopes.add(accept_scope)
+                nursery.start_soon(self._accept, listeners, nursery, accept_scope)
+                task_status.started([_listener_address(lis) for lis in listeners])
+            finally:
+                # Leaving the block waits for every connection task.
+                self._serve_scopes.discard(nursery.cancel_scope)
+
+    async def _accept(
+        self,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        nursery: trio.Nursery,
+        scope: trio.CancelScope,
+    ) -> None:
+        try:
+            with scope:
+                await trio.serve_listeners(
+                    self.handle_stream, list(listeners), handler_nursery=nursery
+                )
+        finally:
+            self._accept_scopes.discard(scope)
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+            if not self._connections and not self._handshaking and self.shutting_down:
+                nursery.cancel_scope.cancel()
+
+    async def _ensure_backplane(self, nursery: trio.Nursery) -> None:
+        if not self._backplane_running:
+            self._backplane_running = True
+            await nursery.start(self._run_backplane)
+
+    async def _run_backplane(self, *, task_status: trio.TaskStatus[None]) -> None:
+        try:
+            await self.backplane.run(self, task_status=task_status)
+        finally:
+            self._backplane_running = False
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, close every connection with 1001, and return.
+
+        Queued frames are written before the close frame; disconnect hooks
+        run. Connections still open after ``grace`` seconds (default
+        ``settings.shutdown_timeout``) are cancelled.
+        """
+        self.shutting_down = True
+        for scope in list(self._accept_scopes):
+            scope.cancel()
+        connections = list(self._connections.values())
+        for conn in connections:
+            conn.abort(CloseCode.GOING_AWAY, "server shutting down", "shutdown", graceful=True)
+        deadline = self.settings.shutdown_timeout if grace is None else grace
+        with trio.move_on_after(deadline):
+            for conn in connections:
+                await conn.closed.wait()
+        for scope in list(self._serve_scopes):
+            scope.cancel()
+
+    # -- one connection --------------------------------------------------------
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one client on an accepted byte stream (TCP, TLS or in-memory).
+
+        Never raises: every failure is logged and the stream is closed.
+        """
+        remote = _remote_address(stream)
+        protocol = ServerProtocol(max_size=self.settings.max_message_size, logger=wire_logger)
+        self._handshaking += 1
+        registered = False
+        try:
+            conn = await self._open(stream, protocol, remote)
+            if conn is None:
+                return
+            registered = True
+            await self._serve_connection(conn, StreamTransport(stream, protocol))
+        except Exception:
+            logger.exception("connection from %s failed", remote)
+        finally:
+            if not registered:
+                self._handshaking -= 1
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _open(
+        self, stream: trio.abc.Stream, protocol: ServerProtocol, remote: str | None
+    ) -> Connection | None:
+        """The opening handshake: a Connection once the 101 is sent, else ``None``."""
+        ws_request: WsRequest | None = None
+        with trio.move_on_after(self.settings.handshake_timeout) as deadline:
+            ws_request = await _read_request(stream, protocol)
+        if ws_request is None:
+            if deadline.cancelled_caught:
+                self.metrics.handshakes_rejected[408] += 1
+                logger.debug("handshake from %s timed out", remote)
+            return None
+        request = Request(ws_request.path, ws_request.headers, remote)
+        response, claims = await self._negotiate(request, ws_request, protocol)
+        accepted = response.status_code == 101
+        if not accepted:
+            self.metrics.handshakes_rejected[response.status_code] += 1
+        protocol.send_response(response)
+        data = b"".join(protocol.data_to_send())
+        with trio.move_on_after(self.settings.handshake_timeout):
+            await stream.send_all(data)
+            if accepted:
+                conn = Connection(self, str(uuid.uuid4()), request, claims)
+                if remote is not None:
+                    self._per_address[remote] += 1
+                return conn
+        return None
+
+    async def _negotiate(
+        self, request: Request, ws_request: WsRequest, protocol: ServerProtocol
+    ) -> tuple[Response, Any]:
+        settings = self.settings
+        if self.process_request is not None:
+            response = await self.process_request(request)
+            if response is not None:
+                return response, None
+        if request.path != settings.path:
+            return protocol.reject(404, "Not Found\n"), None
+        if not origin_allowed(
+            request.headers, settings.allowed_origins, settings.allow_all_origins
+        ):
+            logger.info("origin %r refused", request.headers.get("Origin"))
+            return protocol.reject(403, "Origin not allowed\n"), None
+        if self.shutting_down:
+            return protocol.reject(503, "Server shutting down\n"), None
+        if len(self._connections) + self._handshaking > settings.max_connections:
+            return protocol.reject(503, "Too many connections\n"), None
+        remote = request.remote_address
+        if remote is not None and self._per_address[remote] >= settings.max_connections_per_address:
+            return protocol.reject(429, "Too many connections from your address\n"), None
+        claims = None
+        if self.authorize is not None:
+            try:
+                claims = await self.authorize(request)
+            except Reject as exc:
+                return protocol.reject(exc.status, exc.body + "\n"), None
+            if claims is None or claims is False:
+                return protocol.reject(401, "Unauthorized\n"), None
+        return protocol.accept(ws_request), claims
+
+    async def _serve_connection(self, conn: Connection, transport: Transport) -> None:
+        """Join ``root``, run the connection's nursery, and always clean up."""
+        try:
+            # The root join_ack is queued before the connection can be found
+            # by ID, so it is always the first frame the client receives.
+            await self._join(conn, ROOT, check=False)
+            self._connections[conn.id] = conn
+            self._handshaking -= 1
+            self.metrics.connections_opened += 1
+            conn.log.debug("connected from %s", conn.remote_address)
+            await self._run_hooks("connect", conn)
+            await conn._serve(transport)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._disconnect(conn)
+                await conn._close_transport(transport)
+                self._record_close(conn)
+                conn.closed.set()
+                await self._run_hooks("disconnect", conn)
+
+    async def handle_transport(self, transport: Transport, request: Request, claims: Any) -> None:
+        """Serve a connection whose WebSocket handshake happened elsewhere (adapters)."""
+        self._handshaking += 1
+        conn = Connection(self, str(uuid.uuid4()), request, claims)
+        if request.remote_address is not None:
+            self._per_address[request.remote_address] += 1
+        await self._serve_connection(conn, transport)
+
+    def _record_close(self, conn: Connection) -> None:
+        metrics = self.metrics
+        metrics.connections_closed += 1
+        metrics.disconnects[conn.disconnect_reason or "cancelled"] += 1
+        if conn.close_code is not None:
+            metrics.close_codes[conn.close_code] += 1
+        conn.log.debug(
+            "disconnected: %s (code %s %s)",
+            conn.disconnect_reason or "cancelled",
+            conn.close_code,
+            conn.close_reason,
+        )
+
+    async def _disconnect(self, conn: Connection) -> None:
+        """Leave every room, telling the remaining members; forget the connection."""
+        if self._connections.get(conn.id) is conn:
+            del self._connections[conn.id]
+        else:
+            # Cancelled before registration finished.
+            self._handshaking -= 1
+        remote = conn.remote_address
+        if remote is not None:
+            self._per_address[remote] -= 1
+            if self._per_address[remote] <= 0:
+                del self._per_address[remote]
+        for name in list(conn._rooms):
+            with trio.move_on_after(self.settings.close_timeout) as scope:
+                await self._leave(conn, name, ack=False)
+            if scope.cancelled_caught:
+                # A room lock is stuck (e.g. a backplane call hanging): remove
+                # the membership without it rather than leak it.
+                self._force_leave(conn, name)
+
+    # -- inbound frames ------------------------------------------------------
+
+    async def _handle_data(self, conn: Connection, data: bytes) -> None:
+        """Apply the protocol's rules to one inbound message."""
+        metrics = self.metrics
+        metrics.messages_in += 1
+        metrics.bytes_in += len(data)
+        if not conn._take_token():
+            metrics.frames_dropped["rate_limited"] += 1
+            conn.frames_dropped += 1
+            return
+        try:
+            msg = Message.decode(data)
+            _check_fields(msg, self.settings.max_field_length)
+        except FrameError as exc:
+            self._bad_frame(conn, str(exc))
+            return
+        event = msg.event
+        if event == "join":
+            await self._join(conn, msg.room)
+        elif event == "leave":
+            await self._leave(conn, msg.room)
+        elif event in RESERVED_EVENTS:
+            self._bad_frame(conn, f"clients may not send reserved event {event!r}")
+        elif msg.dst:
+            frame = binary_frame(encode(msg.room, event, msg.dst, conn.id, msg.payload))
+            self._send_direct(msg.dst, frame, msg.room, conn)
+        elif event in self._handlers:
+            await self._call_handler(conn, msg)
+        else:
+            room = self._rooms.get(msg.room)
+            if room is None or conn.id not in room.members:
+                metrics.frames_dropped["not_a_member"] += 1
+                conn.log.debug("broadcast to %r dropped: not a member", msg.room)
+                return
+            message = encode(msg.room, event, "", conn.id, msg.payload)
+            self._fanout(msg.room, message, binary_frame(message), conn.id)
+
+    def _bad_frame(self, conn: Connection, reason: str) -> None:
+        conn.bad_frames += 1
+        self.metrics.frames_dropped["malformed"] += 1
+        conn.log.info("dropped frame: %s", reason)
+        if conn.bad_frames > self.settings.max_bad_frames:
+            conn.log.warning("closing after %d malformed frames", conn.bad_frames)
+            conn.abort(CloseCode.POLICY_VIOLATION, "too many malformed frames", "bad_frames")
+
+    async def _call_handler(self, conn: Connection, msg: Message) -> Any:
+        if msg.src != conn.id:
+            msg = attrs.evolve(msg, src=conn.id)
+        handler = self._handlers[msg.event]
+        metrics = self.metrics
+        metrics.handler_calls += 1
+        started = time.perf_counter()
+        try:
+            return await handler(conn, msg)
+        except Exception:
+            metrics.handler_errors += 1
+            conn.log.exception(
+                "handler for event %r raised",
+                msg.event,
+                extra={"event": msg.event, "room": msg.room},
+            )
+            return None
+        finally:
+            metrics.handler_seconds += time.perf_counter() - started
+
+    # -- membership --------------------------------------------------------------
+
+    async def _join(self, conn: Connection, name: str, *, check: bool = True) -> bool:
+        settings = self.settings
+        if check:
+            reason = None
+            if not name:
+                reason = "empty room name"
+            elif name not in conn._rooms and len(conn._rooms) >= settings.max_rooms_per_connection:
+                reason = f"already in {len(conn._rooms)} rooms"
+            elif self.authorize_join is not None and not await self.authorize_join(conn, name):
+                reason = "refused by authorize_join"
+            if reason is not None:
+                self._refuse_join(conn, name, reason)
+                return False
+        notify = name != ROOT or settings.root_notices
+        async with self._rooms.locked(name, create=True) as room:
+            assert room is not None
+            members = room.members
+            new = conn.id not in members
+            if new:
+                if len(members) >= settings.max_members_per_room:
+                    self._refuse_join(conn, name, "room is full")
+                    return False
+                if notify and members:
+                    notice = encode(name, "new_member", "", "", conn.id.encode())
+                    self._fanout(name, notice, binary_frame(notice), conn.id, count=False)
+                members[conn.id] = conn
+                conn._rooms.add(name)
+                if self.backplane.distributed:
+                    await self.backplane.joined(name, conn.id)
+            ids = await self._member_ids(name, room.members, conn.id)
+            ack = encode(name, "join_ack", "", conn.id, member_list_payload(ids))
+            conn._deliver(binary_frame(ack))
+        if new:
+            conn.log.debug("joined", extra={"room": name})
+            await self._run_hooks("join", conn, name)
+        return True
+
+    async def _member_ids(
+        self, name: str, members: dict[str, Connection], joiner: str
+    ) -> list[str]:
+        """The member list of a ``join_ack``: the joiner first, then the others."""
+        if name == ROOT:
+            limit = self.settings.root_member_list_limit
+            others = (m for m in members if m != joiner)
+            ids = [joiner, *islice(others, max(limit - 1, 0))]
+        else:
+            ids = [joiner, *(m for m in members if m != joiner)]
+        if self.backplane.distributed and (
+            name != ROOT or len(ids) < self.settings.root_member_list_limit
+        ):
+            ids.extend(await self.backplane.remote_members(name))
+        return ids
+
+    def _refuse_join(self, conn: Connection, name: str, reason: str) -> None:
+        self.metrics.frames_dropped["join_refused"] += 1
+        conn.log.info("join refused: %s", reason, extra={"room": name})
+
+    async def _leave(self, conn: Connection, name: str, *, ack: bool = True) -> None:
+        left = False
+        async with self._rooms.locked(name, create=False) as room:
+            if room is not None and conn.id in room.members:
+                self._remove_member(conn, name, room.members)
+                left = True
+                if self.backplane.distributed:
+                    await self.backplane.left(name, conn.id)
+        conn._rooms.discard(name)
+        if ack:
+            conn._deliver(binary_frame(encode(name, "leave_ack", "", conn.id, conn.id.encode())))
+        if left:
+            conn.log.debug("left", extra={"room": name})
+            await self._run_hooks("leave", conn, name)
+
+    def _remove_member(self, conn: Connection, name: str, members: dict[str, Connection]) -> None:
+        del members[conn.id]
+        conn._rooms.discard(name)
+        if members and (name != ROOT or self.settings.root_notices):
+            notice = encode(name, "member_left", "", "", conn.id.encode())
+            self._fanout(name, notice, binary_frame(notice), "", count=False)
+
+    def _force_leave(self, conn: Connection, name: str) -> None:
+        room = self._rooms.get(name)
+        if room is not None and conn.id in room.members:
+            self._remove_member(conn, name, room.members)
+            self._rooms._remove_if_empty(room)
+        conn._rooms.discard(name)
+
+    # -- delivery ------------------------------------------------------------------
+
+    def _fanout(
+        self, name: str, message: bytes, frame: bytes, exclude: str, *, count: bool = True
+    ) -> int:
+        """Queue one frame to every local member of ``name`` but ``exclude``."""
+        room = self._rooms.get(name)
+        delivered = 0
+        if room is not None:
+            for member_id, member in room.members.items():
+                if member_id != exclude:
+                    member._deliver(frame)
+                    delivered += 1
+        if self.backplane.distributed:
+            self.backplane.publish_room(name, message, exclude)
+        metrics = self.metrics
+        metrics.messages_out += delivered
+        metrics.bytes_out += delivered * len(frame)
+        if count:
+            metrics.broadcasts += 1
+            metrics.fanout_deliveries += delivered
+        return delivered
+
+    def _send_direct(
+        self, conn_id: str, frame: bytes, room: str, sender: Connection | None
+    ) -> bool:
+        target = self._connections.get(conn_id)
+        if target is not None:
+            if target._deliver(frame):
+                self.metrics.messages_out += 1
+                self.metrics.bytes_out += len(frame)
+                return True
+            return False
+        if self.backplane.distributed:
+            return self.backplane.publish_direct(conn_id, frame_payload(frame))
+        self.metrics.frames_dropped["unknown_dst"] += 1
+        if sender is not None:
+            sender.log.debug("direct message to unknown %s dropped", conn_id, extra={"room": room})
+        return False
+
+    # -- public API for applications -------------------------------------------
+
+    def connection(self, conn_id: str) -> Connection | None:
+        """The local connection with this ID, or ``None``."""
+        return self._connections.get(conn_id)
+
+    @property
+    def connections(self) -> list[Connection]:
+        """Local connections, oldest first."""
+        return list(self._connections.values())
+
+    async def rooms(self) -> list[str]:
+        """Names of the rooms that have members (on any node)."""
+        names = self._rooms.names()
+        if self.backplane.distributed:
+            seen = set(names)
+            names += [n for n in await self.backplane.remote_rooms() if n not in seen]
+        return names
+
+    async def members(self, room: str) -> list[str]:
+        """IDs of the members of ``room`` (on any node), in join order locally."""
+        local = self._rooms.get(room)
+        ids = list(local.members) if local is not None else []
+        if self.backplane.distributed:
+            ids += await self.backplane.remote_members(room)
+        return ids
+
+    async def send_to(
+        self,
+        conn_id: str,
+        event: str,
+        payload: bytes | str = b"",
+        *,
+        room: str = ROOT,
+        src: str = "",
+    ) -> bool:
+        """Send an event to one connection by ID, on any node.
+
+        Returns ``False`` if it is unknown or its queue is full.
+        """
+        await trio.lowlevel.checkpoint()
+        frame = binary_frame(encode(room, event, conn_id, src, _as_bytes(payload)))
+        return self._send_direct(conn_id, frame, room, None)
+
+    async def emit(
+        self, room: str, event: str, payload: bytes | str = b"", *, src: str = ""
+    ) -> int:
+        """Send an event to every member of ``room``; returns local deliveries."""
+        return await self.broadcast(room, event, payload, exclude=None, src=src)
+
+    async def broadcast(
+        self,
+        room: str,
+        event: str,
+        payload: bytes | str = b"",
+        *,
+        exclude: str | Connection | None = None,
+        src: str = "",
+    ) -> int:
+        """Send an event to every member of ``room`` except ``exclude``.
+
+        The message is encoded and framed once for all recipients. Returns
+        the number of local deliveries.
+        """
+        await trio.lowlevel.checkpoint()
+        if isinstance(exclude, Connection):
+            exclude = exclude.id
+        message = encode(room, event, "", src, _as_bytes(payload))
+        return self._fanout(room, message, binary_frame(message), exclude or "")
+
+    async def kick(
+        self, conn_id: str, code: int = CloseCode.KICKED, reason: str = "kicked"
+    ) -> bool:
+        """Close a local connection with ``code`` and ``reason``."""
+        conn = self._connections.get(conn_id)
+        if conn is None:
+            await trio.lowlevel.checkpoint()
+            return False
+        conn.abort(code, reason, "kicked", graceful=True)
+        await conn.closed.wait()
+        return True
+
+    async def close_room(self, name: str) -> int:
+        """Remove every member from ``room``; each gets ``leave_ack``, others ``member_left``.
+
+        Returns how many members were removed.
+        """
+        room = self._rooms.get(name)
+        removed = 0
+        if room is None:
+            await trio.lowlevel.checkpoint()
+            return 0
+        for conn_id in list(room.members):
+            conn = self._connections.get(conn_id)
+            if conn is not None:
+                await self._leave(conn, name)
+                removed += 1
+        return removed
+
+    def stats(self) -> dict[str, float]:
+        """Live gauges: connections, rooms and outbound queue fill."""
+        conns = self._connections.values()
+        return {
+            "connections": len(self._connections),
+            "rooms": len(self._rooms),
+            "queued_frames": sum(c.queued_frames for c in conns),
+            "queued_bytes": sum(c.queued_bytes for c in conns),
+        }
+
+
+def _as_bytes(payload: bytes | str) -> bytes:
+    return payload.encode() if isinstance(payload, str) else bytes(payload)
+
+
+def _check_fields(msg: Message, limit: int) -> None:
+    for name in ("room", "event", "dst", "src"):
+        value: str = getattr(msg, name)
+        if len(value) > limit // 4 and len(value.encode()) > limit:
+            raise FrameError(f"field {name!r} is longer than {limit} bytes", 0)
+
+
+def _context(args: tuple[Any, ...]) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if args and isinstance(args[0], Connection):
+        extra["conn_id"] = args[0].id
+    if len(args) > 1 and isinstance(args[1], str):
+        extra["room"] = args[1]
+    return extra
+
+
+async def _read_request(stream: trio.abc.Stream, protocol: ServerProtocol) -> WsRequest | None:
+    """Feed the protocol until it parsed the HTTP request; ``None`` on EOF or garbage."""
+    while True:
+        try:
+            data = await stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        for event in protocol.events_received():
+            if isinstance(event, WsRequest):
+                return event
+        output = protocol.data_to_send()
+        if output or not data:
+            # The request was invalid (the protocol wrote an error response)
+            # or the peer went away.
+            reply = b"".join(output)
+            if reply:
+                with trio.move_on_after(1):
+                    await stream.send_all(reply)
+            return None
+
+
+def _remote_address(stream: trio.abc.Stream) -> str | None:
+    inner: Any = stream
+    while inner is not None:
+        sock = getattr(inner, "socket", None)
+        if sock is not None:
+            try:
+                return str(sock.getpeername()[0])
+            except OSError:
+                return None
+        inner = getattr(inner, "transport_stream", None)
+    return None
+
+
+def _listener_address(listener: trio.abc.Listener[Any]) -> Any:
+    inner: Any = listener
+    while inner is not None:
+        sock = getattr(inner, "socket", None)
+        if sock is not None:
+            return sock.getsockname()
+        inner = getattr(inner, "transport_listener", None)
+    return None

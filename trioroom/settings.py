@@ -1,0 +1,90 @@
+"""Every tunable of a server, with its default, in one frozen attrs class.
+
+``docs/operations.md`` lists each setting with the close code or error it
+produces. The command line exposes each one as a flag and as a
+``TRIOROOM_*`` environment variable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+__all__ = ["Settings", "SlowConsumerPolicy"]
+
+SlowConsumerPolicy = Literal["disconnect", "drop_oldest"]
+
+
+def _positive(_inst: object, attribute: Any, value: Any) -> None:
+    if value is not None and value <= 0:
+        raise ValueError(f"setting {attribute.name} must be positive, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Server settings. All times are in seconds, all sizes in bytes."""
+
+    #: URL path of the WebSocket endpoint.
+    path: str = "/ws"
+
+    # Membership
+    #: Send ``new_member``/``member_left`` on ``root``. O(N) per connect; turn
+    #: off for large servers (the original server always sent them).
+    root_notices: bool = True
+    #: At most this many IDs in the ``root`` ``join_ack`` member list (the
+    #: joiner is always first). Keeps connecting O(1) at 10,000 connections.
+    root_member_list_limit: int = attrs.field(default=100, validator=attrs.validators.ge(0))
+
+    # Outbound queue and slow consumers
+    #: Capacity of each connection's outbound queue, in frames.
+    queue_frames: int = attrs.field(default=256, validator=_positive)
+    #: Bound on the bytes waiting in one connection's outbound queue.
+    queue_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    #: What happens when a connection's outbound queue is full.
+    slow_consumer_policy: SlowConsumerPolicy = attrs.field(
+        default="disconnect", validator=attrs.validators.in_(("disconnect", "drop_oldest"))
+    )
+    #: A write to the socket that takes longer than this closes the connection.
+    write_timeout: float = attrs.field(default=10.0, validator=_positive)
+
+    # Heartbeats and deadlines
+    #: Interval between WebSocket pings; ``None`` turns heartbeats off.
+    ping_interval: float | None = attrs.field(default=30.0, validator=_positive)
+    #: A ping not answered within this time closes the connection (1011).
+    ping_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: Deadline for the opening handshake, from TCP accept to the 101 response.
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Time allowed for the closing handshake before the socket is dropped.
+    close_timeout: float = attrs.field(default=2.0, validator=_positive)
+    #: Graceful shutdown deadline.
+    shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
+
+    # Limits on what clients send
+    #: Largest inbound message; larger ones close the connection with 1009.
+    max_message_size: int = attrs.field(default=65536, validator=_positive)
+    #: Largest room, event, dst or src field in bytes.
+    max_field_length: int = attrs.field(default=256, validator=_positive)
+    #: Rooms one connection may be in at once, ``root`` included.
+    max_rooms_per_connection: int = attrs.field(default=100, validator=_positive)
+    #: Members one room may have on this node.
+    max_members_per_room: int = attrs.field(default=100_000, validator=_positive)
+    #: Connections this server accepts at once.
+    max_connections: int = attrs.field(default=100_000, validator=_positive)
+    #: Connections at once from one client IP address.
+    max_connections_per_address: int = attrs.field(default=1024, validator=_positive)
+    #: Sustained inbound messages per second per connection (token bucket).
+    rate_limit: float = attrs.field(default=100.0, validator=_positive)
+    #: Burst size of that token bucket.
+    rate_burst: int = attrs.field(default=200, validator=_positive)
+    #: Malformed frames tolerated per connection before it is closed (1008).
+    max_bad_frames: int = attrs.field(default=10, validator=attrs.validators.ge(0))
+
+    # Origin policy
+    #: Allowed ``Origin`` values (e.g. ``"https://example.com"``). ``None``:
+    #: requests without Origin and same-host Origins only.
+    allowed_origins: tuple[str, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(tuple)
+    )
+    #: Accept every Origin (development only).
+    allow_all_origins: bool = False

@@ -1,0 +1,157 @@
+"""The native engine: websockets' sans-I/O ``ServerProtocol`` over a trio stream.
+
+The protocol object parses what the peer sends and produces control frames
+(pong, close). Data frames never go through it: the connection's writer
+sends frames that were serialised once for all recipients
+(:mod:`trioroom.wsframe`), which is valid because a server's frames are
+unmasked and no extension is negotiated.
+
+Only the reader task calls :meth:`StreamTransport.receive` and only the writer
+task calls :meth:`StreamTransport.write`, so the stream never sees two
+concurrent sends; control frames wait in a list that the writer flushes first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+
+import trio
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+__all__ = ["StreamTransport"]
+
+RECEIVE_SIZE = 65536
+
+
+class StreamTransport:
+    """A WebSocket connection on a trio stream, after the opening handshake."""
+
+    def __init__(self, stream: trio.abc.Stream, protocol: ServerProtocol) -> None:
+        self._stream = stream
+        self._protocol = protocol
+        self._messages: deque[bytes] = deque()
+        self._fragments: list[bytes] | None = None
+        self._control: list[bytes] = []
+        self._pongs: dict[bytes, trio.Event] = {}
+        self._wake: Callable[[], None] = lambda: None
+        self._ended = False
+        self.peer_close: tuple[int, str] | None = None
+
+    def attach(self, wake_writer: Callable[[], None]) -> None:
+        self._wake = wake_writer
+
+    # -- inbound -----------------------------------------------------------
+
+    async def receive(self) -> bytes | None:
+        messages = self._messages
+        while not messages:
+            if self._ended:
+                return None
+            try:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if data:
+                self._protocol.receive_data(data)
+            else:
+                self._protocol.receive_eof()
+                self._ended = True
+            self._take_events()
+        return messages.popleft()
+
+    def _take_events(self) -> None:
+        protocol = self._protocol
+        for frame in protocol.events_received():
+            assert isinstance(frame, Frame)  # requests come only before the handshake
+            opcode = frame.opcode
+            if opcode is Opcode.BINARY or opcode is Opcode.TEXT:
+                # Text frames are read as bytes too: the wire format is binary.
+                if frame.fin:
+                    self._messages.append(bytes(frame.data))
+                else:
+                    self._fragments = [bytes(frame.data)]
+            elif opcode is Opcode.CONT:
+                if self._fragments is not None:
+                    self._fragments.append(bytes(frame.data))
+                    if frame.fin:
+                        self._messages.append(b"".join(self._fragments))
+                        self._fragments = None
+            elif opcode is Opcode.PONG:
+                waiter = self._pongs.pop(bytes(frame.data), None)
+                if waiter is not None:
+                    waiter.set()
+            elif opcode is Opcode.CLOSE:
+                rcvd = protocol.close_rcvd
+                if rcvd is not None:
+                    self.peer_close = (int(rcvd.code), rcvd.reason)
+        if protocol.parser_exc is not None or protocol.state is not State.OPEN:
+            # A protocol error (the protocol already answered with a close
+            # frame: 1002, 1007 or 1009) or the peer's close: stop reading.
+            self._ended = True
+        self._take_output()
+
+    def _take_output(self) -> None:
+        output = self._protocol.data_to_send()
+        if output:
+            self._control.extend(chunk for chunk in output if chunk)
+            self._wake()
+
+    @property
+    def protocol_error(self) -> tuple[int, str] | None:
+        """The close the protocol sent after a protocol error, if any."""
+        if self._protocol.parser_exc is None:
+            return None
+        sent = self._protocol.close_sent
+        if sent is None:
+            return None
+        return int(sent.code), sent.reason
+
+    # -- outbound ----------------------------------------------------------
+
+    async def write(self, frames: list[bytes]) -> None:
+        if self._control:
+            frames = self._control + frames
+            self._control = []
+        await self._stream.send_all(b"".join(frames))
+
+    async def ping(self) -> None:
+        payload = os.urandom(4)
+        waiter = trio.Event()
+        self._pongs[payload] = waiter
+        try:
+            self._protocol.send_ping(payload)
+            self._take_output()
+            await waiter.wait()
+        finally:
+            self._pongs.pop(payload, None)
+
+    async def close(self, code: int, reason: str, pending: list[bytes]) -> None:
+        protocol = self._protocol
+        before = self._control
+        self._control = []
+        if protocol.state is State.OPEN:
+            protocol.send_close(code, reason)
+        closing = [chunk for chunk in protocol.data_to_send() if chunk]
+        try:
+            data = b"".join(before + pending + closing)
+            if data:
+                await self._stream.send_all(data)
+            # Wait for the peer's close frame (or EOF) so the peer sees a
+            # clean closing handshake; the caller bounds the wait.
+            while not self._ended and protocol.close_rcvd is None:
+                try:
+                    chunk = await self._stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    break
+                if not chunk:
+                    break
+                protocol.receive_data(chunk)
+                protocol.events_received()
+                protocol.data_to_send()
+        finally:
+            self._ended = True
+            await trio.aclose_forcefully(self._stream)
