@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -8,23 +7,18 @@ import trio
 
 from trioroom import Server
 
-StartServer = Callable[..., Awaitable[tuple[Server, tuple[str, int]]]]
+from .wire import StartServer
 
 
 @pytest.fixture
 async def start_server(nursery: trio.Nursery) -> StartServer:
     """Start a Server on 127.0.0.1, port 0, inside the test's nursery."""
 
-    async def start(server: Server | None = None, **settings: Any) -> tuple[Server, tuple[str, int]]:
+    async def start(
+        server: Server | None = None, **settings: Any
+    ) -> tuple[Server, tuple[str, int]]:
         server = server or Server(**settings)
         address = await nursery.start(server.serve, "127.0.0.1", 0)
         return server, address
 
     return start
-
-
-async def wait_until(predicate: Callable[[], bool], limit: float = 10) -> None:
-    """Poll ``predicate`` until true; fail after ``limit`` seconds (only when broken)."""
-    with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.005)

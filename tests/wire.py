@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -17,7 +18,10 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from trioroom import Server
 from trioroom.protocol import Message
+
+StartServer = Callable[..., Awaitable[tuple[Server, tuple[str, int]]]]
 
 #: Upper bound on any single wait; only reached when something is broken.
 WAIT = 10
@@ -200,3 +204,10 @@ class RawClient:
         sock: Any = self.stream.socket
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
+
+
+async def wait_until(predicate: Callable[[], bool], limit: float = 10) -> None:
+    """Poll ``predicate`` until true; fail after ``limit`` seconds (only when broken)."""
+    with trio.fail_after(limit):
+        while not predicate():
+            await trio.sleep(0.005)

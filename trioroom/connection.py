@@ -161,13 +161,19 @@ class Connection:
         await self.closed.wait()
 
     def abort(self, code: int, reason: str, why: str, *, graceful: bool = False) -> None:
-        """Close without waiting. ``graceful`` writes queued frames first."""
+        """Close without waiting.
+
+        ``graceful`` lets the writer finish what is queued before the close
+        frame; otherwise the connection's tasks are cancelled at once.
+        """
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
             self.disconnect_reason = why
             self._graceful = graceful
-        if self._cancel_scope is not None:
+        if graceful and self._graceful and self._cancel_scope is not None:
+            self._wake_writer()
+        elif self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
     def _deliver(self, frame: bytes) -> bool:
@@ -252,7 +258,7 @@ class Connection:
             self._cancel_scope = nursery.cancel_scope
             if self.close_code is not None:  # aborted before the nursery existed
                 nursery.cancel_scope.cancel()
-            nursery.start_soon(self._writer, transport)
+            nursery.start_soon(self._writer, transport, nursery.cancel_scope)
             if self.server.settings.ping_interval is not None:
                 nursery.start_soon(self._heartbeat, transport)
             nursery.start_soon(self._reader, transport, nursery.cancel_scope)
@@ -271,7 +277,7 @@ class Connection:
             self.disconnect_reason = "peer"
         scope.cancel()
 
-    async def _writer(self, transport: Transport) -> None:
+    async def _writer(self, transport: Transport, scope: trio.CancelScope) -> None:
         receive_nowait = self._receive_channel.receive_nowait
         write_timeout = self.server.settings.write_timeout
         while True:
@@ -287,7 +293,12 @@ class Connection:
             if timeout.cancelled_caught:
                 self.server.metrics.frames_dropped["write_timeout"] += len(frames)
                 self.log.warning("write took over %.1fs: closing", write_timeout)
+                self._graceful = False
                 self.abort(CloseCode.INTERNAL_ERROR, "write timeout", "write_timeout")
+                return
+            if self.close_code is not None:
+                # A graceful close: everything queued before it is written.
+                scope.cancel()
                 return
 
     async def _heartbeat(self, transport: Transport) -> None:

@@ -39,6 +39,9 @@ class StreamTransport:
         self._pongs: dict[bytes, trio.Event] = {}
         self._wake: Callable[[], None] = lambda: None
         self._ended = False
+        # True while a write is under way; still True after a cancelled write,
+        # when the stream may hold half a frame and must not get another.
+        self._mid_write = False
         self.peer_close: tuple[int, str] | None = None
 
     def attach(self, wake_writer: Callable[[], None]) -> None:
@@ -116,7 +119,9 @@ class StreamTransport:
         if self._control:
             frames = self._control + frames
             self._control = []
+        self._mid_write = True
         await self._stream.send_all(b"".join(frames))
+        self._mid_write = False
 
     async def ping(self) -> None:
         payload = os.urandom(4)
@@ -136,6 +141,9 @@ class StreamTransport:
         if protocol.state is State.OPEN:
             protocol.send_close(code, reason)
         closing = [chunk for chunk in protocol.data_to_send() if chunk]
+        if self._mid_write:
+            await trio.aclose_forcefully(self._stream)
+            return
         try:
             data = b"".join(before + pending + closing)
             if data:

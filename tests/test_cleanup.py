@@ -1,0 +1,103 @@
+"""A connection that dies for any reason leaves all its rooms and no task behind."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+
+from trioroom import Connection, Message, Server
+
+from .wire import RawClient, StartServer, wait_until
+
+
+class LiveTasks(trio.abc.Instrument):
+    """Counts live tasks by name."""
+
+    def __init__(self) -> None:
+        self.live: dict[trio.lowlevel.Task, str] = {}
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.live[task] = task.name
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        self.live.pop(task, None)
+
+    def per_connection(self) -> list[str]:
+        return [
+            name
+            for name in self.live.values()
+            if "Connection." in name or "handle_stream" in name or "_run_handler" in name
+        ]
+
+
+async def test_200_connections_vanishing_abruptly_leave_nothing(
+    start_server: StartServer,
+) -> None:
+    tasks = LiveTasks()
+    trio.lowlevel.add_instrument(tasks)
+    try:
+        server, address = await start_server(root_notices=False, max_connections_per_address=1000)
+        rng = random.Random(7)
+        rooms = [f"room-{i}" for i in range(20)]
+        clients = []
+        for _ in range(200):
+            client = await RawClient.connect(address)
+            for name in rng.sample(rooms, rng.randint(1, 4)):
+                await client.send(Message(name, "join"))
+            clients.append(client)
+        for client in clients:
+            await client.sync()
+        assert len(server.connections) == 200
+        assert len(await server.rooms()) > 10
+        # reader, writer, heartbeat and the task serving the stream
+        assert len(tasks.per_connection()) == 200 * 4
+        for client in clients:
+            client.reset()  # TCP RST, no close frame
+        await wait_until(lambda: not server.connections and not tasks.per_connection())
+        assert await server.rooms() == []
+        assert server._rooms.names() == []
+        assert server.metrics.connections_closed == 200
+        assert not server._per_address
+        assert server.stats()["queued_frames"] == 0
+    finally:
+        trio.lowlevel.remove_instrument(tasks)
+
+
+async def test_connection_closed_in_the_middle_of_a_join_leaves_no_state(
+    start_server: StartServer,
+) -> None:
+    entered = trio.Event()
+
+    async def authorize_join(conn: Connection, room: str) -> bool:
+        entered.set()
+        await trio.sleep_forever()
+        return True  # pragma: no cover
+
+    server = Server(authorize_join=authorize_join, root_notices=False)
+    _, address = await start_server(server)
+    a = await RawClient.connect(address)
+    await a.send(Message("lobby", "join"))
+    await entered.wait()
+    assert server._rooms.names() == ["root"]
+    await server.kick(a.id)
+    assert not server.connections
+    assert server._rooms.names() == []
+
+
+async def test_kick_and_shutdown_close_with_codes(start_server: StartServer) -> None:
+    server, address = await start_server(root_notices=False)
+    a = await RawClient.connect(address)
+    b = await RawClient.connect(address)
+    await b.join("lobby")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.kick, a.id, 4000, "bye")
+        assert await a.wait_closed() == (4000, "bye")
+    assert server.metrics.close_codes[4000] == 1
+    await server.send_to(b.id, "last-words", b"flushed before close")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.shutdown)
+        assert (await b.recv()).event == "last-words"
+        assert await b.wait_closed() == (1001, "server shutting down")
+    await wait_until(lambda: not server.connections)
+    assert server._rooms.names() == []
