@@ -516,7 +516,7 @@ async def test_concurrent_joins_and_leaves_never_ack_a_non_member(
     acked: dict[str, int] = {}
 
     async def slow_authorize_join(conn: Connection, room: str) -> bool:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return True
 
     server.authorize_join = slow_authorize_join
