@@ -209,5 +209,5 @@ class RawClient:
 async def wait_until(predicate: Callable[[], bool], limit: float = 10) -> None:
     """Poll ``predicate`` until true; fail after ``limit`` seconds (only when broken)."""
     with trio.fail_after(limit):
-        while not predicate():
-            await trio.sleep(0.005)  # noqa: ASYNC110 - server state has no event to wait on
+        while not predicate():  # noqa: ASYNC110 - server state has no event to wait on
+            await trio.sleep(0.005)
