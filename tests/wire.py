@@ -24,7 +24,7 @@ from trioroom.protocol import Message
 StartServer = Callable[..., Awaitable[tuple[Server, tuple[str, int]]]]
 
 #: Upper bound on any single wait; only reached when something is broken.
-WAIT = 10
+WAIT = 60
 
 
 class HandshakeRejected(Exception):
@@ -206,7 +206,7 @@ class RawClient:
         sock.close()
 
 
-async def wait_until(predicate: Callable[[], bool], limit: float = 10) -> None:
+async def wait_until(predicate: Callable[[], bool], limit: float = 60) -> None:
     """Poll ``predicate`` until true; fail after ``limit`` seconds (only when broken)."""
     with trio.fail_after(limit):
         while not predicate():  # noqa: ASYNC110 - server state has no event to wait on

@@ -315,34 +315,45 @@ class Server:
     async def _negotiate(
         self, request: Request, ws_request: WsRequest, protocol: ServerProtocol
     ) -> tuple[Response, Any]:
-        settings = self.settings
         if self.process_request is not None:
             response = await self.process_request(request)
             if response is not None:
                 return response, None
-        if request.path != settings.path:
+        if request.path != self.settings.path:
             return protocol.reject(404, "Not Found\n"), None
+        try:
+            claims = await self.admit(request)
+        except Reject as exc:
+            return protocol.reject(exc.status, exc.body + "\n"), None
+        return protocol.accept(ws_request), claims
+
+    async def admit(self, request: Request) -> Any:
+        """Decide whether a WebSocket request may connect; return its claims.
+
+        Applies, in order: the origin policy (403), shutdown and connection
+        limits (503, 429) and ``authorize`` (401 unless it chose another
+        status). Raises :class:`~trioroom.Reject` to refuse. Every engine
+        (native, trio-websocket adapter) admits through here.
+        """
+        settings = self.settings
         if not origin_allowed(
             request.headers, settings.allowed_origins, settings.allow_all_origins
         ):
             logger.info("origin %r refused", request.headers.get("Origin"))
-            return protocol.reject(403, "Origin not allowed\n"), None
+            raise Reject(403, "Origin not allowed")
         if self.shutting_down:
-            return protocol.reject(503, "Server shutting down\n"), None
+            raise Reject(503, "Server shutting down")
         if len(self._connections) + self._handshaking > settings.max_connections:
-            return protocol.reject(503, "Too many connections\n"), None
+            raise Reject(503, "Too many connections")
         remote = request.remote_address
         if remote is not None and self._per_address[remote] >= settings.max_connections_per_address:
-            return protocol.reject(429, "Too many connections from your address\n"), None
-        claims = None
-        if self.authorize is not None:
-            try:
-                claims = await self.authorize(request)
-            except Reject as exc:
-                return protocol.reject(exc.status, exc.body + "\n"), None
-            if claims is None or claims is False:
-                return protocol.reject(401, "Unauthorized\n"), None
-        return protocol.accept(ws_request), claims
+            raise Reject(429, "Too many connections from your address")
+        if self.authorize is None:
+            return None
+        claims = await self.authorize(request)
+        if claims is None or claims is False:
+            raise Reject(401, "Unauthorized")
+        return claims
 
     async def _serve_connection(self, conn: Connection, transport: Transport) -> None:
         """Join ``root``, run the connection's nursery, and always clean up."""
@@ -564,23 +575,53 @@ class Server:
     def _fanout(
         self, name: str, message: bytes, frame: bytes, exclude: str, *, count: bool = True
     ) -> int:
-        """Queue one frame to every local member of ``name`` but ``exclude``."""
-        room = self._rooms.get(name)
-        delivered = 0
-        if room is not None:
-            for member_id, member in room.members.items():
-                if member_id != exclude:
-                    member._deliver(frame)
-                    delivered += 1
+        """Queue one frame to every member of ``name`` but ``exclude``, on every node."""
+        delivered = self._fanout_local(name, frame, exclude)
         if self.backplane.distributed:
             self.backplane.publish_room(name, message, exclude)
+        if count:
+            self.metrics.broadcasts += 1
+            self.metrics.fanout_deliveries += delivered
+        return delivered
+
+    def _fanout_local(self, name: str, frame: bytes, exclude: str) -> int:
+        room = self._rooms.get(name)
+        if room is None:
+            return 0
+        delivered = 0
+        for member_id, member in room.members.items():
+            if member_id != exclude:
+                member._deliver(frame)
+                delivered += 1
         metrics = self.metrics
         metrics.messages_out += delivered
         metrics.bytes_out += delivered * len(frame)
-        if count:
-            metrics.broadcasts += 1
-            metrics.fanout_deliveries += delivered
         return delivered
+
+    # -- entry points for backplanes ---------------------------------------------
+
+    def deliver_room_from_backplane(self, room: str, message: bytes, exclude: str) -> int:
+        """Deliver an encoded message from another node to local members of ``room``."""
+        delivered = self._fanout_local(room, binary_frame(message), exclude)
+        self.metrics.fanout_deliveries += delivered
+        return delivered
+
+    def deliver_direct_from_backplane(self, conn_id: str, message: bytes) -> bool:
+        """Deliver an encoded message from another node to a local connection."""
+        target = self._connections.get(conn_id)
+        if target is None:
+            self.metrics.frames_dropped["unknown_dst"] += 1
+            return False
+        frame = binary_frame(message)
+        if target._deliver(frame):
+            self.metrics.messages_out += 1
+            self.metrics.bytes_out += len(frame)
+            return True
+        return False
+
+    def local_rooms_of(self) -> dict[str, list[str]]:
+        """Local membership: room name to member IDs (for backplane resyncs)."""
+        return {room.name: list(room.members) for room in self._rooms}
 
     def _send_direct(
         self, conn_id: str, frame: bytes, room: str, sender: Connection | None
