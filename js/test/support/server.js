@@ -21,12 +21,13 @@ process.on("exit", function () {
 });
 
 /**
- * @param {{port?: number}} [options] port 0 lets the OS choose
+ * @param {{port?: number, extraArgs?: string[]}} [options] port 0 lets the OS choose;
+ *     extraArgs are more `serve` flags
  * @returns {Promise<{url: string, port: number, stop: () => Promise<void>, output: () => string}>}
  */
-export function startServer({ port = 0 } = {}) {
+export function startServer({ port = 0, extraArgs = [] } = {}) {
     const python = process.env.TRIOROOM_PYTHON || "python3";
-    const args = ["-m", "trioroom", "serve", "--host", "127.0.0.1", "--port", String(port)];
+    const args = ["-m", "trioroom", "serve", "--host", "127.0.0.1", "--port", String(port), ...extraArgs];
     const child = spawn(python, args, {
         cwd: REPO_ROOT,
         env: { ...process.env, PYTHONUNBUFFERED: "1" },
