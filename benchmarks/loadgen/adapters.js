@@ -360,10 +360,331 @@ class SioClient {
   }
 }
 
+
+// ------------------------------------------------------------------ raw client
+// A minimal RFC 6455 client on a bare net.Socket, for the load roles. It parses
+// the server's frames straight out of the TCP chunks (no per-message stream or
+// event machinery) and masks its own frames with bufferutil: several times less
+// CPU per message than the `ws` client, which keeps the single generator core
+// from becoming the bottleneck. Same surface as WsroomsClient.
+const net = require('net');
+const crypto = require('crypto');
+let bufferutil = null;
+try {
+  bufferutil = require('bufferutil');
+} catch (e) {
+  bufferutil = null;
+}
+
+const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
+let maskPool = Buffer.alloc(0);
+let maskOff = 0;
+function maskKey() {
+  if (maskOff + 4 > maskPool.length) {
+    maskPool = crypto.randomBytes(8192);
+    maskOff = 0;
+  }
+  const k = maskPool.subarray(maskOff, maskOff + 4);
+  maskOff += 4;
+  return k;
+}
+
+function wsFrame(opcode, payload) {
+  const n = payload.length;
+  const h = n < 126 ? 2 : n < 65536 ? 4 : 10;
+  const out = Buffer.allocUnsafe(h + 4 + n);
+  out[0] = 0x80 | opcode;
+  if (h === 2) {
+    out[1] = 0x80 | n;
+  } else if (h === 4) {
+    out[1] = 0x80 | 126;
+    out.writeUInt16BE(n, 2);
+  } else {
+    out[1] = 0x80 | 127;
+    out.writeBigUInt64BE(BigInt(n), 2);
+  }
+  const key = maskKey();
+  key.copy(out, h);
+  if (bufferutil && n >= 32) {
+    bufferutil.mask(payload, key, out, h + 4, n);
+  } else {
+    for (let i = 0; i < n; i++) out[h + 4 + i] = payload[i] ^ key[i & 3];
+  }
+  return out;
+}
+
+class RawWsroomsClient {
+  constructor(url, opts = {}) {
+    const u = new URL(url);
+    this.host = u.hostname;
+    this.port = Number(u.port);
+    this.path = u.pathname + u.search;
+    this.id = null;
+    this.sock = null;
+    this.onMessage = null;
+    this.onRaw = opts.onRaw || null;
+    this.wantSrc = !!opts.wantSrc;
+    this.joinWaiters = new Map();
+    this.prefixes = new Map();
+    this.closed = false;
+    this._closeWaiters = [];
+    this._pending = null;
+    this._frag = null;
+    this._hs = true;
+  }
+
+  connect(timeoutMs = 15000) {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (err) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reject(err);
+        if (this.sock) this.sock.destroy();
+      };
+      const timer = setTimeout(() => fail(new Error('connect timeout')), timeoutMs);
+      this._rootAck = (id) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(id);
+      };
+      const key = crypto.randomBytes(16).toString('base64');
+      this._accept = crypto.createHash('sha1').update(key + WS_GUID).digest('base64');
+      const sock = net.connect({ host: this.host, port: this.port });
+      this.sock = sock;
+      sock.setNoDelay(true);
+      sock.on('connect', () => {
+        sock.write(
+          `GET ${this.path} HTTP/1.1\r\nHost: ${this.host}:${this.port}\r\n` +
+          'Upgrade: websocket\r\nConnection: Upgrade\r\n' +
+          `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+        );
+      });
+      sock.on('data', (chunk) => {
+        try {
+          this._onData(chunk);
+        } catch (e) {
+          fail(e);
+          sock.destroy();
+        }
+      });
+      sock.on('error', (e) => fail(e));
+      sock.on('close', () => {
+        this.closed = true;
+        fail(new Error('closed before root join_ack'));
+        for (const w of this._closeWaiters) w();
+        this._closeWaiters = [];
+        for (const [, w] of this.joinWaiters) w.reject(new Error('closed'));
+        this.joinWaiters.clear();
+      });
+    });
+  }
+
+  _onData(chunk) {
+    if (this._pending !== null) {
+      chunk = Buffer.concat([this._pending, chunk]);
+      this._pending = null;
+    }
+    let o = 0;
+    if (this._hs) {
+      const end = chunk.indexOf('\r\n\r\n');
+      if (end < 0) {
+        this._pending = chunk;
+        return;
+      }
+      const head = chunk.toString('latin1', 0, end);
+      if (!/^HTTP\/1\.1 101/.test(head)) throw new Error(`handshake refused: ${head.split('\r\n')[0]}`);
+      const m = /\r\nsec-websocket-accept:\s*(\S+)/i.exec(head);
+      if (!m || m[1] !== this._accept) throw new Error('bad Sec-WebSocket-Accept');
+      this._hs = false;
+      o = end + 4;
+    }
+    const L = chunk.length;
+    while (L - o >= 2) {
+      const b0 = chunk[o];
+      const b1 = chunk[o + 1];
+      let len = b1 & 0x7f;
+      let h = 2;
+      if (len === 126) {
+        if (L - o < 4) break;
+        len = chunk.readUInt16BE(o + 2);
+        h = 4;
+      } else if (len === 127) {
+        if (L - o < 10) break;
+        len = Number(chunk.readBigUInt64BE(o + 2));
+        h = 10;
+      }
+      if (b1 & 0x80) throw new Error('masked frame from the server');
+      if (L - o < h + len) break;
+      const start = o + h;
+      const end = start + len;
+      o = end;
+      const op = b0 & 0x0f;
+      const fin = (b0 & 0x80) !== 0;
+      if (op === 2 || op === 1) {
+        if (fin) this._onMsg(chunk, start, end, op === 2);
+        else this._frag = { parts: [Buffer.from(chunk.subarray(start, end))], binary: op === 2 };
+      } else if (op === 0) {
+        if (!this._frag) throw new Error('unexpected continuation');
+        this._frag.parts.push(Buffer.from(chunk.subarray(start, end)));
+        if (fin) {
+          const whole = Buffer.concat(this._frag.parts);
+          const binary = this._frag.binary;
+          this._frag = null;
+          this._onMsg(whole, 0, whole.length, binary);
+        }
+      } else if (op === 9) {
+        this.sock.write(wsFrame(10, chunk.subarray(start, end)));
+      } else if (op === 8) {
+        if (!this._closing) {
+          this._closing = true;
+          this.sock.write(wsFrame(8, chunk.subarray(start, Math.min(end, start + 2))));
+        }
+        this.sock.end();
+      }
+    }
+    if (o < L) this._pending = chunk.subarray(o);
+  }
+
+  _onMsg(buf, s, e, isBinary) {
+    // room | event | dst | src | payload, each u32-BE length prefixed.
+    let o = s;
+    const rl = buf.readUInt32BE(o);
+    const rs = o + 4;
+    o = rs + rl;
+    const el = buf.readUInt32BE(o);
+    const es = o + 4;
+    o = es + el;
+    const dl = buf.readUInt32BE(o);
+    const ds = o + 4;
+    o = ds + dl;
+    const sl = buf.readUInt32BE(o);
+    const ss = o + 4;
+    o = ss + sl;
+    const pl = buf.readUInt32BE(o);
+    const ps = o + 4;
+    if (ps + pl !== e) throw new Error('malformed wsrooms frame');
+    if (this.onRaw) {
+      this.onRaw([
+        buf.toString('utf8', rs, rs + rl), buf.toString('utf8', es, es + el),
+        buf.toString('utf8', ds, ds + dl), buf.toString('utf8', ss, ss + sl),
+        buf.subarray(ps, ps + pl),
+      ], isBinary);
+    }
+    // Membership events are 8..11 bytes long; decode the event name only then.
+    if (el >= 8 && el <= 11) {
+      const event = buf.toString('latin1', es, es + el);
+      if (event === 'join_ack') {
+        const room = buf.toString('utf8', rs, rs + rl);
+        const src = buf.toString('latin1', ss, ss + sl);
+        if (this.id === null && room === 'root') {
+          this.id = src;
+          this._rootAck(src);
+        } else if (src === this.id) {
+          const w = this.joinWaiters.get(room);
+          if (w) {
+            this.joinWaiters.delete(room);
+            w.resolve(buf.subarray(ps, ps + pl));
+          }
+        }
+        return;
+      }
+      if (event === 'new_member' || event === 'member_left' || event === 'leave_ack') return;
+    }
+    if (this.onMessage) {
+      this.onMessage(
+        buf.toString('latin1', rs, rs + rl),
+        this.wantSrc ? buf.toString('latin1', ss, ss + sl) : '',
+        buf.subarray(ps, ps + pl),
+        this.wantSrc ? buf.toString('latin1', es, es + el) : '',
+        '',
+      );
+    }
+  }
+
+  join(room, timeoutMs = 15000) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.joinWaiters.delete(room);
+        reject(new Error('join timeout'));
+      }, timeoutMs);
+      this.joinWaiters.set(room, {
+        resolve: (v) => { clearTimeout(timer); resolve(v); },
+        reject: (err) => { clearTimeout(timer); reject(err); },
+      });
+      this.sock.write(wsFrame(2, encodeFrame(room, 'join', '', '', '')));
+    });
+  }
+
+  sendRaw(room, event, dst, src, payload) {
+    this.sock.write(wsFrame(2, encodeFrame(room, event, dst, src, payload)));
+  }
+
+  sendBench(room, event, ts, seq, size) {
+    this.sock.write(wsFrame(2, WsroomsClient.prototype._benchFrame.call(this, room, event, '', ts, seq, size)));
+  }
+
+  sendDm(room, dst, ts, seq, size) {
+    this.sock.write(wsFrame(2, WsroomsClient.prototype._benchFrame.call(this, room, 'dm', dst, ts, seq, size)));
+  }
+
+  replyDm(room, dst, payload) {
+    const p = this._prefix(room, 'dm', dst);
+    const b = Buffer.allocUnsafe(p.length + 4 + payload.length);
+    p.copy(b, 0);
+    b.writeUInt32BE(payload.length, p.length);
+    payload.copy(b, p.length + 4);
+    this.sock.write(wsFrame(2, b));
+  }
+
+  _prefix(room, event, dst) {
+    return WsroomsClient.prototype._prefix.call(this, room, event, dst);
+  }
+
+  bufferedAmount() {
+    return this.sock ? this.sock.writableLength : 0;
+  }
+
+  close(timeoutMs = 5000) {
+    if (this.closed || !this.sock) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.sock.destroy();
+        resolve();
+      }, timeoutMs);
+      this._closeWaiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      if (!this._closing) {
+        this._closing = true;
+        const code = Buffer.alloc(2);
+        code.writeUInt16BE(1000, 0);
+        this.sock.write(wsFrame(8, code));
+      }
+    });
+  }
+
+  terminate() {
+    if (this.sock) this.sock.destroy();
+  }
+
+  static readTs(payload) {
+    return WsroomsClient.readTs(payload);
+  }
+
+  static readSeq(payload) {
+    return WsroomsClient.readSeq(payload);
+  }
+}
+
 function makeClientClass(adapter) {
-  if (adapter === 'wsrooms') return WsroomsClient;
+  if (adapter === 'wsrooms') return WsroomsClient; // the ws package
+  if (adapter === 'wsrooms-raw') return RawWsroomsClient;
   if (adapter === 'socketio') return SioClient;
   throw new Error(`unknown adapter ${adapter}`);
 }
 
-module.exports = { WsroomsClient, SioClient, makeClientClass, encodeFrame, decodeFrame, nowUs };
+module.exports = { WsroomsClient, RawWsroomsClient, SioClient, makeClientClass, encodeFrame, decodeFrame, nowUs };

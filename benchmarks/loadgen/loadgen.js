@@ -150,12 +150,12 @@ async function windowCpu(cmd) {
   return cpuReport(c, w);
 }
 
-async function connectAll(n, concurrency, setup) {
+async function connectAll(n, concurrency, setup, opts) {
   const clients = new Array(n);
   let failed = 0;
   const errors = {};
   await pool(n, concurrency, async (k) => {
-    const c = new Client(cfg.url);
+    const c = new Client(cfg.url, opts);
     try {
       await c.connect();
       if (setup) await setup(c, k);
@@ -413,7 +413,7 @@ roles.dm = async () => {
   let tStop = 0;
   const bs = await connectAll(pairs, 50, async (c) => {
     c.onMessage = (r, src, payload) => c.replyDm(r, src, payload);
-  });
+  }, { wantSrc: true });
   const as = await connectAll(pairs, 50, null);
   if (bs.clients.length !== pairs || as.clients.length !== pairs) {
     throw new Error(`dm: could not connect all pairs (${as.failed + bs.failed} failed)`);
@@ -452,8 +452,10 @@ roles.verify = async () => {
   const checks = [];
   const check = (name, ok, detail) => checks.push({ name, ok: !!ok, detail: detail === undefined ? null : detail });
   const adapter = cfg.adapter || 'wsrooms';
+  check(`client: ${adapter}`, true);
   const mk = () => {
     const c = new Client(cfg.url, {
+      wantSrc: true,
       onRaw: (f, isBinary) => {
         c.frames = c.frames || [];
         c.frames.push({ f, isBinary });
@@ -469,7 +471,7 @@ roles.verify = async () => {
   const idA = await A.connect();
   const idB = await B.connect();
   const idC = await C.connect();
-  if (adapter === 'wsrooms') {
+  if (adapter !== 'socketio') {
     const first = A.frames[0];
     check('first frame is binary', first.isBinary);
     check('first frame is root join_ack', first.f && first.f[0] === 'root' && first.f[1] === 'join_ack', first.f && first.f.slice(0, 4));
@@ -498,7 +500,7 @@ roles.verify = async () => {
   check('DM delivered to dst', aDm.length === 1, aDm);
   check('DM src rewritten to the real sender', aDm.length === 1 && aDm[0].src === idC, aDm[0] && aDm[0].src);
   check('DM not delivered to others', B.got.filter((m) => m.payload === 'dm-1').length === 0);
-  if (adapter === 'wsrooms') {
+  if (adapter !== 'socketio') {
     const nonBinary = [A, B, C].flatMap((c) => c.frames).filter((x) => !x.isBinary).length;
     check('server sent binary frames only', nonBinary === 0, nonBinary);
   }

@@ -37,11 +37,16 @@ def encode(room: str, event: str, dst: str, src: str, payload: bytes) -> bytes:
     r, e, d, s = room.encode(), event.encode(), dst.encode(), src.encode()
     return b"".join(
         (
-            _U32.pack(len(r)), r,
-            _U32.pack(len(e)), e,
-            _U32.pack(len(d)), d,
-            _U32.pack(len(s)), s,
-            _U32.pack(len(payload)), payload,
+            _U32.pack(len(r)),
+            r,
+            _U32.pack(len(e)),
+            e,
+            _U32.pack(len(d)),
+            d,
+            _U32.pack(len(s)),
+            s,
+            _U32.pack(len(payload)),
+            payload,
         )
     )
 
@@ -143,7 +148,10 @@ class Hub:
         self.member_of[conn].add(room)
         ids = [self.ids[m] for m in members]
         out: Deliveries = [
-            ([conn], encode(room, "join_ack", "", cid, json.dumps(ids, separators=(",", ":")).encode()))
+            (
+                [conn],
+                encode(room, "join_ack", "", cid, json.dumps(ids, separators=(",", ":")).encode()),
+            )
         ]
         if new and room != ROOT:
             others = [m for m in members if m is not conn]

@@ -23,7 +23,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _wsrooms import Hub, announce, parse_args  # noqa: E402
+from _wsrooms import Hub, announce, parse_args
 
 BINARY, TEXT = Opcode.BINARY, Opcode.TEXT
 MAX_MESSAGE = 65536
@@ -130,14 +130,20 @@ class Server:
                     if chunk:
                         try:
                             conn.queue.send_nowait(chunk)
-                        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                        except (
+                            trio.WouldBlock,
+                            trio.BrokenResourceError,
+                            trio.ClosedResourceError,
+                        ):
                             return
                     else:
                         return  # EOF: the closing handshake is done
             if proto.state is State.CLOSED or proto.state is State.CLOSING:
                 return
 
-    async def writer(self, stream: trio.SocketStream, recv_q: trio.MemoryReceiveChannel[bytes]) -> None:
+    async def writer(
+        self, stream: trio.SocketStream, recv_q: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
         try:
             async for first in recv_q:
                 batch = [first]

@@ -24,7 +24,7 @@ import socketio
 from aiohttp import web
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _wsrooms import announce, parse_args  # noqa: E402
+from _wsrooms import announce, parse_args
 
 sio = socketio.AsyncServer(async_mode="aiohttp", max_http_buffer_size=65536)
 

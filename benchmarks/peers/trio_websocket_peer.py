@@ -16,7 +16,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _wsrooms import Hub, announce, parse_args  # noqa: E402
+from _wsrooms import Hub, announce, parse_args
 
 hub = Hub()
 

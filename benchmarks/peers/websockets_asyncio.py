@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _wsrooms import Hub, announce, parse_args  # noqa: E402
+from _wsrooms import Hub, announce, parse_args
 
 hub = Hub()
 

@@ -1,0 +1,1 @@
+"""trioroom benchmark suite: ``python -m benchmarks`` (docs/benchmarks.md)."""

@@ -1,0 +1,220 @@
+"""``python -m benchmarks``: run the suite, write benchmarks/results/.
+
+python -m benchmarks                 # full run (~15 min), with the chat sweep
+python -m benchmarks --quick         # a few minutes
+python -m benchmarks --smoke --out /tmp/x   # seconds: CI check of the suite
+python -m benchmarks --quick --peers trioroom,bare_trio --workloads fanout,chat
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import report, sysinfo, workloads
+from .procs import BENCH, PEERS, ensure_loadgen, log, raise_nofile
+
+ALL_WORKLOADS = ["fanout", "chat", "sweep", "churn", "idle", "dm"]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="trioroom benchmark suite: the same wsrooms workloads against "
+        "trioroom and peer servers, side by side.",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="short run (a few minutes)")
+    mode.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny run in seconds (default peers: bare_trio,trioroom)",
+    )
+    mode.add_argument("--full", action="store_true", help="full run (the default)")
+    p.add_argument(
+        "--peers",
+        help=f"comma-separated peers (default: all): {','.join(PEERS)}",
+    )
+    p.add_argument(
+        "--workloads",
+        help=f"comma-separated workloads (default: all of the mode): {','.join(ALL_WORKLOADS)}",
+    )
+    p.add_argument("--out", type=Path, default=BENCH / "results", help="output folder")
+    p.add_argument("--duration", type=float, help="measured seconds per workload")
+    p.add_argument("--warmup", type=float, help="warm-up seconds per workload")
+    p.add_argument("--fanout-sizes", help="comma-separated room sizes, e.g. 200,1000")
+    p.add_argument("--fanout-window", type=int, help="fan-out messages in flight")
+    p.add_argument("--idle-conns", type=int, help="connections of the idle workload")
+    p.add_argument(
+        "--client",
+        choices=["raw", "ws"],
+        help="wsrooms load client (default raw; ws = the ws package)",
+    )
+    p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    p.add_argument("--no-verify", action="store_true", help="skip the protocol check of each peer")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    s = workloads.MODES[mode]
+    if args.duration:
+        s.duration_s = args.duration
+    if args.warmup is not None:
+        s.warmup_s = args.warmup
+    if args.fanout_sizes:
+        s.fanout_sizes = [int(x) for x in args.fanout_sizes.split(",") if x.strip()]
+    if args.fanout_window:
+        s.fanout_window = args.fanout_window
+    if args.idle_conns:
+        s.idle_conns = args.idle_conns
+    if args.client:
+        s.client = args.client
+
+    default_peers = ["trioroom", "bare_trio"] if mode == "smoke" else list(PEERS)
+    peers = [x.strip() for x in args.peers.split(",")] if args.peers else default_peers
+    unknown = [x for x in peers if x not in PEERS]
+    if unknown:
+        print(f"unknown peers: {unknown}; known: {list(PEERS)}", file=sys.stderr)
+        return 2
+    wl = [x.strip() for x in args.workloads.split(",")] if args.workloads else list(ALL_WORKLOADS)
+    unknown = [x for x in wl if x not in ALL_WORKLOADS]
+    if unknown:
+        print(f"unknown workloads: {unknown}; known: {ALL_WORKLOADS}", file=sys.stderr)
+        return 2
+    if "sweep" in wl and not args.workloads and not s.chat_sweep:
+        wl.remove("sweep")
+    s.chat_sweep = "sweep" in wl
+
+    nofile = raise_nofile()
+    ensure_loadgen()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    raw_dir = out / f"raw-{stamp}"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+
+    items: list[tuple[str, Any]] = []
+    if not args.no_verify:
+        items.append(("verify", workloads.verify))
+    if "fanout" in wl:
+        for size in s.fanout_sizes:
+            items.append((f"fanout_{size}", lambda ctx, n=size: workloads.fanout(ctx, n)))
+    if "chat" in wl:
+        items.append(("chat", workloads.chat))
+    if "sweep" in wl:
+        items.append(("chat_sweep", lambda ctx: workloads.chat_sweep(ctx, progress=log)))
+    if "churn" in wl:
+        items.append(("churn", workloads.churn))
+    if "idle" in wl:
+        if s.idle_conns * 1.05 + 100 > nofile:
+            log(f"warning: fd limit {nofile} is low for {s.idle_conns} idle connections")
+        items.append(("idle", workloads.idle))
+    if "dm" in wl:
+        for pairs in s.dm_pairs:
+            items.append((f"dm_{pairs}", lambda ctx, k=pairs: workloads.dm(ctx, k)))
+
+    meta: dict[str, Any] = {
+        "mode": mode,
+        "command": "python -m benchmarks "
+        + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": sysinfo.machine(),
+        "versions": sysinfo.versions(),
+        "settings": s.to_json(),
+        "fd_limit": nofile,
+        "peer_order": peers,
+        "peers": {
+            p: {
+                "label": PEERS[p].label,
+                "adapter": PEERS[p].adapter,
+                "command": " ".join(PEERS[p].command(0)).replace(sys.executable, "python"),
+                "note": PEERS[p].note,
+            }
+            for p in peers
+        },
+        "raw_dir": raw_dir.name,
+    }
+    data: dict[str, Any] = {"meta": meta, "results": {p: {} for p in peers}}
+    log(
+        f"trioroom benchmarks, {mode} mode: {len(items)} workloads x {len(peers)} peers "
+        f"({', '.join(peers)}); logs in {raw_dir}"
+    )
+    t_begin = time.monotonic()
+    total = len(items) * len(peers)
+    n = 0
+    for name, fn in items:
+        for peer in peers:
+            n += 1
+            if name != "verify" and data["results"][peer].get("verify", {}).get("ok") is False:
+                pass  # still measured; the report flags the failed check
+            ctx = workloads.Ctx(PEERS[peer], s, raw_dir)
+            t0 = time.monotonic()
+            log(f"[{n:>2}/{total}] {name:<11} {peer:<15} ...")
+            try:
+                res = fn(ctx)
+            except Exception as exc:  # one failure must not end the run
+                res = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                (raw_dir / f"{peer}.{name}.traceback.txt").write_text(traceback.format_exc())
+            res["elapsed_s"] = round(time.monotonic() - t0, 1)
+            data["results"][peer][name] = res
+            log(f"        {summary(name, res)}  ({res['elapsed_s']:.0f} s)")
+            (raw_dir / "results.json").write_text(json.dumps(data, indent=1))
+    meta["finished"] = dt.datetime.now().isoformat(timespec="seconds")
+    meta["elapsed_s"] = round(time.monotonic() - t_begin, 1)
+    (raw_dir / "results.json").write_text(json.dumps(data, indent=1))
+    files = report.write(data, out, with_charts=not args.no_charts)
+    log("")
+    for t in data["targets"]:
+        met = {True: "yes", False: "NO", None: "n/a"}[t["met"]]
+        log(f"  target: {t['target']:<52} {t['value']:>10}  met: {met}")
+    log("")
+    log("wrote " + ", ".join(str(f) for f in files))
+    return 0
+
+
+def summary(name: str, r: dict[str, Any]) -> str:
+    if r.get("error"):
+        return f"ERROR {r['error']}"
+    f = report.fmt
+    if name == "verify":
+        bad = [c["name"] for c in r.get("checks", []) if not c["ok"]]
+        return "protocol check ok" if r.get("ok") else f"protocol check FAILED: {bad}"
+    if name.startswith("fanout"):
+        return (
+            f"{f(r['deliveries_per_s'])} deliveries/s, p50 {f(r['latency_p50_ms'])} ms, "
+            f"p99 {f(r['latency_p99_ms'])} ms, server CPU {f(r['server_cpu_pct'])}%, "
+            f"generators {f(r['gen_cpu_pct'])}%"
+        )
+    if name == "chat":
+        return (
+            f"{f(r['offered_msgs_per_s'])} msgs/s in, p50 {f(r['latency_p50_ms'])} ms, "
+            f"p99 {f(r['latency_p99_ms'])} ms, p99.9 {f(r['latency_p999_ms'])} ms, "
+            f"lost {f(r['lost'])}, server CPU {f(r['server_cpu_pct'])}%"
+        )
+    if name == "chat_sweep":
+        return f"max {f(r['max_msgs_per_s'])} msgs/s with p99 < {f(r['p99_bound_ms'])} ms"
+    if name == "churn":
+        return (
+            f"{f(r['cycles_per_s'])} cycles/s, p99 {f(r['cycle_p99_ms'])} ms, "
+            f"errors {f(r['errors'])}, server CPU {f(r['server_cpu_pct'])}%"
+        )
+    if name == "idle":
+        return (
+            f"{f(r['connections'])} connections in {f(r['setup_s'])} s, "
+            f"{f(r['kib_per_conn'])} KiB/connection, failed {f(r['failed'])}"
+        )
+    if name.startswith("dm"):
+        return (
+            f"{f(r['round_trips_per_s'])} round trips/s, RTT p50 {f(r['rtt_p50_ms'])} ms, "
+            f"p99 {f(r['rtt_p99_ms'])} ms"
+        )
+    return json.dumps({k: v for k, v in r.items() if not k.startswith("_")})[:200]

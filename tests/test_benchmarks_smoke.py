@@ -1,0 +1,63 @@
+"""The benchmark suite runs end to end (``python -m benchmarks --smoke``).
+
+Seconds of load against the bare peer and trioroom; checks that the report has
+a number for every workload. Skipped where Node.js/npm are missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("node") is None or shutil.which("npm") is None, reason="needs Node.js and npm"
+    ),
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+    pytest.mark.timeout(300),
+]
+
+
+def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--no-charts", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "latest.json").read_text())
+    assert (out / "latest.md").read_text().startswith("# trioroom benchmarks")
+    expected = {
+        "verify": "ok",
+        "fanout_20": "deliveries_per_s",
+        "chat": "latency_p99_ms",
+        "churn": "cycles_per_s",
+        "idle": "kib_per_conn",
+        "dm_1": "rtt_p50_ms",
+    }
+    for peer in ("trioroom", "bare_trio"):
+        res = data["results"][peer]
+        for item, key in expected.items():
+            assert item in res, (peer, item)
+            assert "error" not in res[item], (peer, item, res[item].get("error"))
+            value = res[item][key]
+            assert isinstance(value, (int, float)), (peer, item, key, value)
+        assert res["verify"]["ok"] is True, res["verify"]
+        assert res["fanout_20"]["deliveries_per_s"] > 0
+        assert res["chat"]["lost"] == 0
+        assert res["idle"]["connections"] == data["meta"]["settings"]["idle_conns"]
+    assert {t["target"] for t in data["targets"]}
