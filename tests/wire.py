@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
+import trio.testing
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
@@ -35,7 +36,7 @@ class HandshakeRejected(Exception):
 
 
 class RawClient:
-    def __init__(self, stream: trio.SocketStream, protocol: ClientProtocol) -> None:
+    def __init__(self, stream: trio.abc.Stream, protocol: ClientProtocol) -> None:
         self.stream = stream
         self.protocol = protocol
         self.frames: deque[Frame] = deque()
@@ -46,14 +47,18 @@ class RawClient:
     @classmethod
     async def connect(
         cls,
-        address: tuple[str, int],
+        address: tuple[str, int] | trio.abc.Stream,
         path: str = "/ws",
         headers: list[tuple[str, str]] | None = None,
         *,
         read_root_ack: bool = True,
     ) -> RawClient:
-        host, port = address
-        stream = await trio.open_tcp_stream(host, port)
+        """Connect over TCP to ``(host, port)``, or over a stream you opened."""
+        if isinstance(address, tuple):
+            host, port = address
+            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+        else:
+            host, port, stream = "localhost", 80, address
         protocol = ClientProtocol(parse_uri(f"ws://{host}:{port}{path}"), max_size=None)
         request = protocol.connect()
         for name, value in headers or []:
@@ -201,7 +206,7 @@ class RawClient:
 
     def reset(self) -> None:
         """Drop the TCP connection with a RST, no close frame."""
-        sock: Any = self.stream.socket
+        sock: Any = self.stream.socket  # type: ignore[attr-defined]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
 
@@ -211,3 +216,21 @@ async def wait_until(predicate: Callable[[], bool], limit: float = 60) -> None:
     with trio.fail_after(limit):
         while not predicate():  # noqa: ASYNC110 - server state has no event to wait on
             await trio.sleep(0.005)
+
+
+async def memory_client(
+    server: Server,
+    nursery: trio.Nursery,
+    *,
+    lockstep: bool = False,
+    **kwargs: Any,
+) -> RawClient:
+    """A client connected to ``server`` over in-memory streams (works with autojump_clock).
+
+    ``lockstep`` streams have no buffer: a client that stops reading makes
+    the server's writes block, like a full TCP window.
+    """
+    pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+    client_stream, server_stream = pair()
+    nursery.start_soon(server.handle_stream, server_stream)
+    return await RawClient.connect(client_stream, **kwargs)

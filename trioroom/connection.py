@@ -49,6 +49,7 @@ class CloseCode:
     PROTOCOL_ERROR = 1002
     POLICY_VIOLATION = 1008  # too many malformed frames, rate limit
     MESSAGE_TOO_BIG = 1009
+    ABNORMAL_CLOSURE = 1006  # recorded when the peer vanished without a close frame
     INTERNAL_ERROR = 1011  # heartbeat or write timeout
     TRY_AGAIN_LATER = 1013  # connection limits
     KICKED = 4000
@@ -93,7 +94,8 @@ class Connection:
         self.id = conn_id
         self.request = request
         self.claims = claims
-        self._rooms: set[str] = set()
+        # Insertion-ordered, so a disconnect leaves rooms newest first.
+        self._rooms: dict[str, None] = {}
         settings = server.settings
         self._send_channel, self._receive_channel = trio.open_memory_channel[bytes](
             settings.queue_frames
@@ -271,10 +273,21 @@ class Connection:
                 break
             await handle(self, data)
         if self.close_code is None:
-            code, reason = transport.peer_close or (CloseCode.INTERNAL_ERROR, "")
-            self.close_code = code
-            self.close_reason = reason
-            self.disconnect_reason = "peer"
+            if getattr(transport, "flooded", False):
+                self.server.metrics.frames_dropped["control_flood"] += 1
+                self.log.warning("closing: pings sent faster than pongs are read")
+                self.close_code = CloseCode.POLICY_VIOLATION
+                self.close_reason = "control frame flood"
+                self.disconnect_reason = "control_flood"
+            elif (error := getattr(transport, "protocol_error", None)) is not None:
+                self.close_code, self.close_reason = error
+                self.disconnect_reason = "protocol_error"
+                self.log.info("protocol error: %s (close %d)", error[1], error[0])
+            else:
+                code, reason = transport.peer_close or (CloseCode.ABNORMAL_CLOSURE, "")
+                self.close_code = code
+                self.close_reason = reason
+                self.disconnect_reason = "peer"
         scope.cancel()
 
     async def _writer(self, transport: Transport, scope: trio.CancelScope) -> None:

@@ -256,6 +256,13 @@ class Server:
         with trio.move_on_after(deadline):
             for conn in connections:
                 await conn.closed.wait()
+        # Past the deadline: cancel what is left; each still runs its cleanup
+        # (bounded by close_timeout) so hooks fire and rooms empty.
+        for conn in connections:
+            conn.abort(CloseCode.GOING_AWAY, "server shutting down", "shutdown")
+        with trio.move_on_after(self.settings.close_timeout + 1):
+            for conn in connections:
+                await conn.closed.wait()
         for scope in list(self._serve_scopes):
             scope.cancel()
 
@@ -370,8 +377,8 @@ class Server:
         finally:
             with trio.CancelScope(shield=True):
                 await self._disconnect(conn)
-                await conn._close_transport(transport)
                 self._record_close(conn)
+                await conn._close_transport(transport)
                 conn.closed.set()
                 await self._run_hooks("disconnect", conn)
 
@@ -408,7 +415,7 @@ class Server:
             self._per_address[remote] -= 1
             if self._per_address[remote] <= 0:
                 del self._per_address[remote]
-        for name in list(conn._rooms):
+        for name in reversed(list(conn._rooms)):  # root last
             with trio.move_on_after(self.settings.close_timeout) as scope:
                 await self._leave(conn, name, ack=False)
             if scope.cancelled_caught:
@@ -503,16 +510,19 @@ class Server:
             members = room.members
             new = conn.id not in members
             if new:
-                if len(members) >= settings.max_members_per_room:
+                if len(members) >= settings.max_members_per_room and name != ROOT:
                     self._refuse_join(conn, name, "room is full")
                     return False
-                if notify and members:
+                members[conn.id] = conn
+                conn._rooms[name] = None
+                distributed = self.backplane.distributed
+                if distributed:
+                    # Registered (and subscribed) before the notice goes out, so
+                    # a member told of the joiner on another node can reach it.
+                    await self.backplane.joined(name, conn.id)
+                if notify and (len(members) > 1 or distributed):
                     notice = encode(name, "new_member", "", "", conn.id.encode())
                     self._fanout(name, notice, binary_frame(notice), conn.id, count=False)
-                members[conn.id] = conn
-                conn._rooms.add(name)
-                if self.backplane.distributed:
-                    await self.backplane.joined(name, conn.id)
             ids = await self._member_ids(name, room.members, conn.id)
             ack = encode(name, "join_ack", "", conn.id, member_list_payload(ids))
             conn._deliver(binary_frame(ack))
@@ -534,7 +544,8 @@ class Server:
         if self.backplane.distributed and (
             name != ROOT or len(ids) < self.settings.root_member_list_limit
         ):
-            ids.extend(await self.backplane.remote_members(name))
+            cap = self.settings.root_member_list_limit - len(ids) if name == ROOT else None
+            ids.extend(await self.backplane.remote_members(name, limit=cap))
         return ids
 
     def _refuse_join(self, conn: Connection, name: str, reason: str) -> None:
@@ -545,11 +556,13 @@ class Server:
         left = False
         async with self._rooms.locked(name, create=False) as room:
             if room is not None and conn.id in room.members:
+                if self.backplane.distributed:
+                    # Unregistered before the notice goes out, so a member told
+                    # of the leave no longer finds it in member lists.
+                    await self.backplane.left(name, conn.id)
                 self._remove_member(conn, name, room.members)
                 left = True
-                if self.backplane.distributed:
-                    await self.backplane.left(name, conn.id)
-        conn._rooms.discard(name)
+        conn._rooms.pop(name, None)
         if ack:
             conn._deliver(binary_frame(encode(name, "leave_ack", "", conn.id, conn.id.encode())))
         if left:
@@ -558,8 +571,8 @@ class Server:
 
     def _remove_member(self, conn: Connection, name: str, members: dict[str, Connection]) -> None:
         del members[conn.id]
-        conn._rooms.discard(name)
-        if members and (name != ROOT or self.settings.root_notices):
+        conn._rooms.pop(name, None)
+        if (members or self.backplane.distributed) and (name != ROOT or self.settings.root_notices):
             notice = encode(name, "member_left", "", "", conn.id.encode())
             self._fanout(name, notice, binary_frame(notice), "", count=False)
 
@@ -568,7 +581,7 @@ class Server:
         if room is not None and conn.id in room.members:
             self._remove_member(conn, name, room.members)
             self._rooms._remove_if_empty(room)
-        conn._rooms.discard(name)
+        conn._rooms.pop(name, None)
 
     # -- delivery ------------------------------------------------------------------
 
@@ -748,6 +761,18 @@ class Server:
             "queued_frames": sum(c.queued_frames for c in conns),
             "queued_bytes": sum(c.queued_bytes for c in conns),
         }
+
+    async def handle_trio_websocket(self, request: Any) -> None:
+        """Serve a ``trio_websocket.WebSocketRequest`` (from ``serve_websocket``).
+
+        Admits it like the native engine (:meth:`admit`; a
+        :class:`~trioroom.Reject` becomes ``request.reject(status)``), accepts
+        it and serves it until it closes. Never raises for a failing
+        connection. See :mod:`trioroom.adapter`.
+        """
+        from .adapter import serve_trio_websocket
+
+        await serve_trio_websocket(self, request)
 
 
 def _as_bytes(payload: bytes | str) -> bytes:

@@ -67,7 +67,7 @@ class Settings:
     max_field_length: int = attrs.field(default=256, validator=_positive)
     #: Rooms one connection may be in at once, ``root`` included.
     max_rooms_per_connection: int = attrs.field(default=100, validator=_positive)
-    #: Members one room may have on this node.
+    #: Members one room may have on this node (``root`` is bounded by max_connections).
     max_members_per_room: int = attrs.field(default=100_000, validator=_positive)
     #: Connections this server accepts at once.
     max_connections: int = attrs.field(default=100_000, validator=_positive)

@@ -25,6 +25,9 @@ from websockets.server import ServerProtocol
 __all__ = ["StreamTransport"]
 
 RECEIVE_SIZE = 65536
+#: Control frames (pongs) allowed to wait for the writer. A peer that sends
+#: pings faster than it reads the pongs is flooding: it gets closed with 1008.
+MAX_PENDING_CONTROL = 128
 
 
 class StreamTransport:
@@ -39,10 +42,13 @@ class StreamTransport:
         self._pongs: dict[bytes, trio.Event] = {}
         self._wake: Callable[[], None] = lambda: None
         self._ended = False
+        self._eof = False
         # True while a write is under way; still True after a cancelled write,
         # when the stream may hold half a frame and must not get another.
         self._mid_write = False
         self.peer_close: tuple[int, str] | None = None
+        #: Set when the peer sent pings faster than it reads the pongs.
+        self.flooded = False
 
     def attach(self, wake_writer: Callable[[], None]) -> None:
         self._wake = wake_writer
@@ -62,7 +68,7 @@ class StreamTransport:
                 self._protocol.receive_data(data)
             else:
                 self._protocol.receive_eof()
-                self._ended = True
+                self._ended = self._eof = True
             self._take_events()
         return messages.popleft()
 
@@ -101,6 +107,10 @@ class StreamTransport:
         output = self._protocol.data_to_send()
         if output:
             self._control.extend(chunk for chunk in output if chunk)
+            if len(self._control) > MAX_PENDING_CONTROL and not self._ended:
+                self._control.clear()
+                self.flooded = True
+                self._ended = True
             self._wake()
 
     @property
@@ -116,6 +126,10 @@ class StreamTransport:
     # -- outbound ----------------------------------------------------------
 
     async def write(self, frames: list[bytes]) -> None:
+        # A cancellation that arrives before the first byte leaves the stream
+        # clean (and the control frames in place for close()); only one that
+        # interrupts send_all itself can leave half a frame behind.
+        await trio.lowlevel.checkpoint_if_cancelled()
         if self._control:
             frames = self._control + frames
             self._control = []
@@ -148,9 +162,10 @@ class StreamTransport:
             data = b"".join(before + pending + closing)
             if data:
                 await self._stream.send_all(data)
-            # Wait for the peer's close frame (or EOF) so the peer sees a
-            # clean closing handshake; the caller bounds the wait.
-            while not self._ended and protocol.close_rcvd is None:
+            # Read until the peer's close frame or EOF, so the peer sees a clean
+            # closing handshake and unread input does not turn our close into
+            # a TCP reset; the caller bounds the wait.
+            while not self._eof and protocol.close_rcvd is None:
                 try:
                     chunk = await self._stream.receive_some(RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
