@@ -302,7 +302,16 @@ class Connection:
                 pass
             self._queued_bytes -= sum(map(len, frames))
             with trio.move_on_after(write_timeout) as timeout:
-                await transport.write(frames)
+                try:
+                    await transport.write(frames)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The peer is gone; the reader will see EOF too.
+                    if self.close_code is None:
+                        self.close_code = CloseCode.ABNORMAL_CLOSURE
+                        self.disconnect_reason = "peer"
+                    self._graceful = False
+                    scope.cancel()
+                    return
             if timeout.cancelled_caught:
                 self.server.metrics.frames_dropped["write_timeout"] += len(frames)
                 self.log.warning("write took over %.1fs: closing", write_timeout)
