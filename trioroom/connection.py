@@ -27,6 +27,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
+from websockets.exceptions import ProtocolError
+from websockets.frames import Close
 
 from .handshake import Request
 from .log import ConnectionLogger
@@ -158,7 +160,12 @@ class Connection:
         return await self.server.broadcast(room, event, payload, exclude=self.id, src=self.id)
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Close the connection: queued frames are still written, then a close frame."""
+        """Close the connection: queued frames are still written, then a close frame.
+
+        Raises ``ValueError`` for a code that may not be sent (use 1000-1014
+        or 3000-4999) or a reason over 123 bytes.
+        """
+        check_close(code, reason)
         self.abort(code, reason, "server_close", graceful=True)
         await self.closed.wait()
 
@@ -357,3 +364,13 @@ class Connection:
                 await transport.close(code, self.close_reason, pending)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
+
+
+def check_close(code: int, reason: str) -> None:
+    """Raise ``ValueError`` unless ``code`` and ``reason`` can go in a close frame."""
+    try:
+        Close(code, reason).check()
+    except ProtocolError:
+        raise ValueError(f"close code {code} cannot be sent in a close frame") from None
+    if len(reason.encode()) > 123:
+        raise ValueError("a close reason is at most 123 bytes")

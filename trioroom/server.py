@@ -36,7 +36,7 @@ from websockets.http11 import Response
 from websockets.server import ServerProtocol
 
 from .backplane import Backplane, LocalBackplane
-from .connection import CloseCode, Connection, Transport
+from .connection import CloseCode, Connection, Transport, check_close
 from .handshake import Reject, Request, origin_allowed
 from .metrics import Metrics
 from .protocol import RESERVED_EVENTS, FrameError, Message, encode, member_list_payload
@@ -726,7 +726,12 @@ class Server:
     async def kick(
         self, conn_id: str, code: int = CloseCode.KICKED, reason: str = "kicked"
     ) -> bool:
-        """Close a local connection with ``code`` and ``reason``."""
+        """Close a local connection with ``code`` and ``reason``.
+
+        Returns ``False`` if no such connection is here. Raises ``ValueError``
+        for a code that may not be sent.
+        """
+        check_close(code, reason)
         conn = self._connections.get(conn_id)
         if conn is None:
             await trio.lowlevel.checkpoint()

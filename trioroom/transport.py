@@ -28,6 +28,8 @@ RECEIVE_SIZE = 65536
 #: Control frames (pongs) allowed to wait for the writer. A peer that sends
 #: pings faster than it reads the pongs is flooding: it gets closed with 1008.
 MAX_PENDING_CONTROL = 128
+#: Close codes that only describe a closure and never go on the wire.
+NOT_SENDABLE = frozenset({1005, 1006, 1015})
 
 
 class StreamTransport:
@@ -152,7 +154,7 @@ class StreamTransport:
         protocol = self._protocol
         before = self._control
         self._control = []
-        if protocol.state is State.OPEN:
+        if protocol.state is State.OPEN and code not in NOT_SENDABLE:
             protocol.send_close(code, reason)
         closing = [chunk for chunk in protocol.data_to_send() if chunk]
         if self._mid_write:
