@@ -102,6 +102,34 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_times() -> dict[str, tuple[float, float]]:
+    """Per-CPU (busy, total) seconds from /proc/stat."""
+    out: dict[str, tuple[float, float]] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *vals = line.split()
+            v = [int(x) for x in vals[:8]]
+            idle = v[3] + v[4]
+            total = sum(v)
+            out[name] = ((total - idle) / CLK_TCK, total / CLK_TCK)
+    return out
+
+
+CpuTimes = dict[str, tuple[float, float]]
+
+
+def busy_pct(a: CpuTimes, b: CpuTimes) -> dict[str, float]:
+    """% busy of each CPU between two cpu_times() readings."""
+    res: dict[str, float] = {}
+    for name in b:
+        if name in a:
+            db, dt = b[name][0] - a[name][0], b[name][1] - a[name][1]
+            res[name] = round(100 * db / dt, 1) if dt > 0 else 0.0
+    return res
+
+
 def proc_rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

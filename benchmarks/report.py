@@ -263,6 +263,18 @@ def markdown(data: dict[str, Any], charts: list[str]) -> str:
                 notes.append(f"`{p}` {item}: {r['failed']} connections failed")
             if r.get("errors"):
                 notes.append(f"`{p}` {item}: {r['errors']} errors: {r.get('error_kinds')}")
+            c0, srv = r.get("cpu0_busy_pct"), r.get("server_cpu_pct")
+            if isinstance(c0, (int, float)) and isinstance(srv, (int, float)) and c0 - srv > 15:
+                notes.append(
+                    f"`{p}` {item}: core 0 was {c0:.0f}% busy while the server used "
+                    f"{srv:.0f}%: other processes ran on the server's core"
+                )
+            c1, gen = r.get("cpu1_busy_pct"), r.get("gen_cpu_pct")
+            if isinstance(c1, (int, float)) and isinstance(gen, (int, float)) and c1 - gen > 25:
+                notes.append(
+                    f"`{p}` {item}: core 1 was {c1:.0f}% busy while the generators used "
+                    f"{gen:.0f}%: other processes ran on the generators' core"
+                )
             if isinstance(r.get("gen_cpu_pct"), (int, float)) and r["gen_cpu_pct"] > 90:
                 notes.append(
                     f"`{p}` {item}: generators used {r['gen_cpu_pct']:.0f}% of core 1 – "

@@ -97,6 +97,16 @@ function sleepUntil(tUs) {
   return sleep(Math.max(0, (tUs - nowUs()) / 1000));
 }
 
+// After t_stop: wait at least drain_ms, then until nothing arrived for 0.5 s
+// (a backlog still in flight is not "lost"), at most max_drain_ms.
+let lastRecv = 0;
+async function drain(cmd) {
+  await sleepUntil(cmd.t_stop + cmd.drain_ms * 1000);
+  const maxEnd = cmd.t_stop + (cmd.max_drain_ms || 15000) * 1000;
+  while (nowUs() < maxEnd && nowUs() - lastRecv < 500000) await sleep(50);
+  return (nowUs() - cmd.t_stop) / 1e6;
+}
+
 const cpu0 = process.cpuUsage();
 const wall0 = nowUs();
 function cpuReport(fromCpu, fromWall) {
@@ -181,6 +191,7 @@ roles.fanout_recv = async () => {
   let mEnd = -Infinity;
   const onMessage = (room, src, payload) => {
     const t = nowUs();
+    lastRecv = t;
     total++;
     if (t >= mStart && t < mEnd) inWindowByRecv++;
     const ts = Client.readTs(payload);
@@ -195,9 +206,9 @@ roles.fanout_recv = async () => {
   mStart = cmd.m_start;
   mEnd = cmd.m_end;
   const cpu = await windowCpu(cmd);
-  await sleepUntil(cmd.t_stop + cmd.drain_ms * 1000);
+  const drainS = await drain(cmd);
   const closedEarly = clients.filter((c) => c.closed).length;
-  finish({ received_total: total, received_in_window: inWindowByRecv, closed_early: closedEarly, hist, window_cpu: cpu });
+  finish({ received_total: total, received_in_window: inWindowByRecv, closed_early: closedEarly, hist, window_cpu: cpu, drain_s: drainS });
 };
 
 roles.fanout_send = async () => {
@@ -237,6 +248,7 @@ roles.fanout_send = async () => {
   };
   probe.onMessage = (room, src, payload) => {
     const t = nowUs();
+    lastRecv = t;
     probeTotal++;
     const ts = Client.readTs(payload);
     if (ts >= mStart && ts < mEnd) {
@@ -267,7 +279,7 @@ roles.fanout_send = async () => {
   }, 100);
   pump();
   const cpu = await windowCpu(cmd);
-  await sleepUntil(cmd.t_stop + cmd.drain_ms * 1000);
+  const drainS = await drain(cmd);
   clearInterval(guard);
   finish({
     sent,
@@ -278,6 +290,7 @@ roles.fanout_send = async () => {
     closed_early: (sender.closed ? 1 : 0) + (probe.closed ? 1 : 0),
     hist,
     window_cpu: cpu,
+    drain_s: drainS,
   });
 };
 
@@ -298,6 +311,7 @@ roles.chat = async () => {
     c.room = rooms[k];
     c.onMessage = (room, src, payload) => {
       const t = nowUs();
+      lastRecv = t;
       recvTotal++;
       const ts = Client.readTs(payload);
       if (ts >= mStart && ts < mEnd) {
@@ -331,8 +345,9 @@ roles.chat = async () => {
     setTimeout(tick, Math.max(0, (due - nowUs()) / 1000));
   }
   const cpu = await windowCpu(cmd);
-  await sleepUntil(tStop + cmd.drain_ms * 1000);
+  const drainS = await drain(cmd);
   finish({
+    drain_s: drainS,
     sent_total: sentTotal,
     recv_total: recvTotal,
     sent_by_room: sentByRoom,
@@ -423,6 +438,7 @@ roles.dm = async () => {
     const b = bs.clients[k];
     a.onMessage = (r, src, payload) => {
       const t = nowUs();
+      lastRecv = t;
       roundTrips++;
       const ts = Client.readTs(payload);
       if (ts >= mStart && ts < mEnd) {
@@ -441,7 +457,7 @@ roles.dm = async () => {
   running = true;
   as.clients.forEach((a, k) => a.sendDm(room, bs.clients[k].id, nowUs(), seqs[k]++, size));
   const cpu = await windowCpu(cmd);
-  await sleepUntil(tStop + cmd.drain_ms * 1000);
+  await drain(cmd);
   running = false;
   finish({ round_trips: roundTrips, round_trips_in_window: inWindow, hist, window_cpu: cpu });
 };
