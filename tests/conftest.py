@@ -1,24 +1,64 @@
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
+import trio_websocket
 
 from trioroom import Server
 
 from .wire import StartServer
 
+#: The engines the behaviour tests run on: trioroom's own, and the
+#: trio-websocket adapter (``Server.handle_trio_websocket``).
+ENGINES = ("native", "trio-websocket")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "native_only: run only on the native engine (its own HTTP handling)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" in metafunc.fixturenames:
+        native_only = metafunc.definition.get_closest_marker("native_only") is not None
+        metafunc.parametrize("engine", ENGINES[:1] if native_only else ENGINES)
+
 
 @pytest.fixture
-async def start_server(nursery: trio.Nursery) -> StartServer:
-    """Start a Server on 127.0.0.1, port 0, inside the test's nursery."""
+async def start_server(nursery: trio.Nursery, engine: str) -> StartServer:
+    """Start a Server on 127.0.0.1, port 0, inside the test's nursery.
+
+    Parametrised by ``engine``: the native listener (``Server.serve``), or
+    trio-websocket's ``serve_websocket`` handing each request to
+    ``Server.handle_trio_websocket``. Mark a test ``native_only`` to skip the
+    adapter.
+    """
 
     async def start(
         server: Server | None = None, **settings: Any
     ) -> tuple[Server, tuple[str, int]]:
         server = server or Server(**settings)
-        address = await nursery.start(server.serve, "127.0.0.1", 0)
-        return server, address
+        if engine == "native":
+            address = await nursery.start(server.serve, "127.0.0.1", 0)
+            return server, address
+        srv = server
+
+        async def handler(request: trio_websocket.WebSocketRequest) -> None:
+            await srv.handle_trio_websocket(request)
+
+        serve = partial(
+            trio_websocket.serve_websocket,
+            handler,
+            "127.0.0.1",
+            0,
+            ssl_context=None,
+            handler_nursery=nursery,
+        )
+        ws_server = await nursery.start(serve)
+        return server, ("127.0.0.1", ws_server.port)
 
     return start

@@ -407,6 +407,7 @@ async def test_tls_through_ssl_listener(nursery: trio.Nursery) -> None:
         assert server.connection(ack.src) is not None
 
 
+@pytest.mark.native_only
 async def test_plain_http_request_to_ws_path_is_refused(start_server: StartServer) -> None:
     _, address = await start_server()
     stream = await trio.open_tcp_stream(*address)
@@ -415,6 +416,7 @@ async def test_plain_http_request_to_ws_path_is_refused(start_server: StartServe
     assert reply.startswith(b"HTTP/1.1 426")
 
 
+@pytest.mark.native_only
 async def test_unknown_path_is_404(start_server: StartServer) -> None:
     _, address = await start_server()
     with pytest.raises(HandshakeRejected) as info:

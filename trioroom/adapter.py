@@ -1,0 +1,192 @@
+"""The trio-websocket engine: serve trioroom connections from ``serve_websocket``.
+
+An application that already runs trio-websocket passes each request on::
+
+    server = trioroom.Server()
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        await server.handle_trio_websocket(request)
+
+    await trio_websocket.serve_websocket(handler, "127.0.0.1", 8080, ssl_context=None)
+
+Admission (origin policy, limits, ``authorize``) is :meth:`Server.admit`, the
+same as the native engine; a refusal is an HTTP response with the same status
+and body. After that the connection is a :class:`~trioroom.Connection` like
+any other: the same rooms, handlers, hooks, limits and cleanup.
+
+Differences from the native engine: the application routes requests itself
+(``settings.path`` is not checked and ``process_request`` is not called), and
+trio-websocket frames each outbound message per connection (the native engine
+frames a broadcast once for all recipients).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+import trio_websocket
+from websockets.datastructures import Headers
+
+from .connection import CloseCode
+from .handshake import Reject, Request
+from .wsframe import frame_payload
+
+if TYPE_CHECKING:
+    from .connection import Transport
+    from .server import Server
+
+__all__ = ["TrioWebsocketTransport", "request_from_trio_websocket", "serve_trio_websocket"]
+
+logger = logging.getLogger("trioroom.adapter")
+
+#: What trio-websocket reports when the TCP connection ended without a close frame.
+_ABNORMAL_CLOSURE = 1006
+
+
+class TrioWebsocketTransport:
+    """A :class:`trioroom.connection.Transport` over a trio-websocket connection.
+
+    trio-websocket's own reader task answers pings and close frames; this
+    class turns its messages into bytes, enforces ``max_message_size`` and
+    sends the frames the connection queued.
+    """
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, max_message_size: int) -> None:
+        self._ws = ws
+        self._max_message_size = max_message_size
+        self._wake: Callable[[], None] = lambda: None
+        # True while a send is under way; still True after a cancelled send,
+        # when the stream may hold half a frame and must not get another.
+        self._mid_write = False
+        #: ``(code, reason)`` of the close frame the peer sent, once it did.
+        self.peer_close: tuple[int, str] | None = None
+        #: The close this side sent after a protocol error (1009), if any.
+        self.protocol_error: tuple[int, str] | None = None
+
+    def attach(self, wake_writer: Callable[[], None]) -> None:
+        # trio-websocket writes control frames itself: nothing to wake for.
+        self._wake = wake_writer
+
+    async def receive(self) -> bytes | None:
+        if self.protocol_error is not None:
+            await trio.lowlevel.checkpoint()
+            return None
+        try:
+            message = await self._ws.get_message()
+        except trio_websocket.ConnectionClosed as exc:
+            reason = exc.reason
+            if reason is not None and reason.code != _ABNORMAL_CLOSURE:
+                self.peer_close = (reason.code, reason.reason or "")
+            return None
+        # Text messages are read as bytes too: the wire format is binary.
+        data = message.encode() if isinstance(message, str) else message
+        if len(data) > self._max_message_size:
+            self.protocol_error = (
+                CloseCode.MESSAGE_TOO_BIG,
+                f"message of {len(data)} bytes is over the limit of {self._max_message_size}",
+            )
+            return None
+        return data
+
+    async def write(self, frames: list[bytes]) -> None:
+        ws = self._ws
+        for frame in frames:
+            if not frame:
+                continue  # a wake-up, not a frame
+            self._mid_write = True
+            try:
+                await ws.send_message(frame_payload(frame))
+            except trio_websocket.ConnectionClosed:
+                # The reader sees the close too and ends the connection.
+                self._mid_write = False
+                await trio.lowlevel.checkpoint()
+                return
+            self._mid_write = False
+        await trio.lowlevel.checkpoint()
+
+    async def ping(self) -> None:
+        try:
+            await self._ws.ping()
+        except trio_websocket.ConnectionClosed:
+            # Closing: the reader ends the connection; no heartbeat failure.
+            pass
+
+    async def close(self, code: int, reason: str, pending: list[bytes]) -> None:
+        ws = self._ws
+        if self._mid_write:
+            await trio.aclose_forcefully(ws)
+            return
+        if self.protocol_error is not None:
+            code, reason = self.protocol_error
+        try:
+            await self.write(pending)
+            # Sends the close frame and waits for the peer's; the caller
+            # bounds the wait, and a cancelled aclose drops the TCP connection.
+            await ws.aclose(code, reason)
+        except trio_websocket.ConnectionClosed:
+            pass
+        finally:
+            if self._mid_write:
+                await trio.aclose_forcefully(ws)
+
+
+if TYPE_CHECKING:  # mypy checks that the class implements the Transport protocol
+
+    def _implements_transport(transport: TrioWebsocketTransport) -> Transport:
+        return transport
+
+
+def request_from_trio_websocket(request: trio_websocket.WebSocketRequest) -> Request:
+    """The :class:`trioroom.Request` of a trio-websocket handshake request."""
+    pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]
+    # wsproto keeps the Host header apart; the origin policy needs it.
+    event: Any = getattr(request, "_event", None)
+    host = getattr(event, "host", None)
+    if isinstance(host, str) and not any(k.lower() == "host" for k, _ in pairs):
+        pairs.insert(0, ("Host", host))
+    remote = request.remote
+    address = str(remote.address) if isinstance(remote, trio_websocket.Endpoint) else None
+    return Request(request.path, Headers(pairs), address)
+
+
+async def serve_trio_websocket(server: Server, request: trio_websocket.WebSocketRequest) -> None:
+    """Admit, accept and serve one trio-websocket request (see the module docstring).
+
+    Never raises for a failing connection: errors are logged.
+    """
+    trequest = request_from_trio_websocket(request)
+    # Count the connection while it is admitted, as the native engine does, so
+    # that concurrent handshakes cannot exceed max_connections.
+    server._handshaking += 1
+    counted = True
+    try:
+        try:
+            claims = await server.admit(trequest)
+        except Reject as exc:
+            server.metrics.handshakes_rejected[exc.status] += 1
+            with trio.move_on_after(server.settings.handshake_timeout):
+                await request.reject(
+                    exc.status,
+                    extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
+                    body=(exc.body + "\n").encode(),
+                )
+            return
+        with trio.move_on_after(server.settings.handshake_timeout) as deadline:
+            ws = await request.accept()
+        if deadline.cancelled_caught:
+            server.metrics.handshakes_rejected[408] += 1
+            return
+        transport = TrioWebsocketTransport(ws, server.settings.max_message_size)
+        server._handshaking -= 1
+        counted = False
+        await server.handle_transport(transport, trequest, claims)
+    except trio_websocket.ConnectionClosed:
+        logger.debug("client %s went away during the handshake", trequest.remote_address)
+    except Exception:
+        logger.exception("connection from %s failed", trequest.remote_address)
+    finally:
+        if counted:
+            server._handshaking -= 1
