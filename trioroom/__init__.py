@@ -3,10 +3,14 @@
 The public API::
 
     from trioroom import Server, Settings, Message, Connection, Reject
+
+and a client: ``async with trioroom.connect(url) as root: ...`` (see
+:mod:`trioroom.client`); :mod:`trioroom.testing` runs a server in memory for tests.
 """
 
 from __future__ import annotations
 
+from .client import connect
 from .connection import CloseCode, Connection
 from .handshake import Reject, Request
 from .metrics import Metrics
@@ -28,4 +32,5 @@ __all__ = [
     "Server",
     "Settings",
     "__version__",
+    "connect",
 ]
