@@ -35,8 +35,8 @@ class Backplane:
     async def left(self, room: str, conn_id: str) -> None:
         """A local connection left ``room`` (or disconnected)."""
 
-    async def remote_members(self, room: str) -> list[str]:
-        """IDs of members of ``room`` on other nodes."""
+    async def remote_members(self, room: str, *, limit: int | None = None) -> list[str]:
+        """IDs of members of ``room`` on other nodes (at most ``limit`` of them)."""
         return []
 
     async def remote_rooms(self) -> list[str]:
