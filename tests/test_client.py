@@ -600,3 +600,49 @@ async def test_harness_propagates_errors_unwrapped() -> None:
         async with open_test_server() as harness:
             await harness.connect()
             raise AssertionError("from the test body")
+
+
+# -- the README's examples run -------------------------------------------------------------
+
+
+def readme_example(name: str) -> dict[str, Any]:
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    match = re.search(rf"<!-- example: {name} -->\s*```python\n(.+?)\n```", text, re.S)
+    assert match, f"README.md has no {name} example"
+    namespace: dict[str, Any] = {"__name__": f"readme_{name}"}
+    exec(compile(match.group(1), f"README.md:{name}", "exec"), namespace)
+    return namespace
+
+
+async def test_readme_testing_example_runs() -> None:
+    await readme_example("testing")["test_roll_reaches_everyone"]()
+
+
+async def test_readme_client_example_runs(
+    nursery: trio.Nursery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chat = readme_example("client")["chat"]
+    server = Server(root_notices=False)
+    host, port = await nursery.start(server.serve, "127.0.0.1", 0)
+    url = f"ws://{host}:{port}/ws"
+    async with clients((host, port), 2) as (bob, carol):
+        lobby_b = await bob.join("lobby")
+        done = trio.Event()
+
+        async def run_chat() -> None:
+            await chat(url)
+            done.set()
+
+        nursery.start_soon(run_chat)
+        with trio.fail_after(WAIT):
+            hello = await lobby_b.receive()
+            assert hello.text == "hello everyone"
+            lobby_c = await carol.join("lobby")
+            assert (await lobby_c.receive()).text == "welcome!"  # the DM of the handler
+            await lobby_b.send("chat", "bye")
+            await done.wait()
+            await lobby_b.wait_members(lambda ids: hello.src not in ids)
+    assert f"{bob.id}: bye" in capsys.readouterr().out
