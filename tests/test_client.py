@@ -184,6 +184,24 @@ async def test_leave_ends_the_iteration_and_send_after_leave_raises(
         assert again is not lobby_a and again.members() == [a.id, b.id]
 
 
+async def test_room_closed_by_the_server_counts_as_left(start_server: StartServer) -> None:
+    server, address = await start_server(root_notices=False)
+    async with clients(address, 2) as (a, b):
+        lobby_a = await a.join("lobby")
+        lobby_b = await b.join("lobby")
+        await lobby_b.send("chat", "last")
+        await sync(lobby_b)
+        assert await server.close_room("lobby") == 2
+        with trio.fail_after(WAIT):
+            assert [m.text async for m in lobby_a] == ["last"]
+            assert [m.text async for m in lobby_b] == []
+        assert not lobby_a.joined and "lobby" not in a.rooms
+        with pytest.raises(RuntimeError, match="was left"):
+            await lobby_a.send("chat", "x")
+        again = await a.join("lobby")
+        assert again.joined and again.members() == [a.id]
+
+
 # -- sending ---------------------------------------------------------------------------------
 
 

@@ -120,6 +120,10 @@ class Room:
     instead. Membership notices (``new_member``, ``member_left``) update
     :meth:`members` and go to handlers registered for them, never to the
     iteration.
+
+    The iteration ends when the room is left: by :meth:`leave`, or by the
+    server removing every member (``Server.close_room``), after which
+    :attr:`joined` is false.
     """
 
     def __init__(self, client: Client | None, name: str, queue_size: int) -> None:
@@ -570,13 +574,7 @@ class Client(Room):
             self._on_join_ack(msg)
             return
         if event == "leave_ack":
-            queue = self._leaving.get(msg.room)
-            if queue:
-                left = queue.popleft()
-                if not queue:
-                    del self._leaving[msg.room]
-                left._state = "left"
-                left._left.set()
+            self._on_leave_ack(msg.room)
             return
         room = self._rooms.get(msg.room)
         if room is None or room._state != "joined":
@@ -599,6 +597,26 @@ class Client(Room):
                 await room._queue_send.send(msg)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass  # the room was left while the queue was full
+
+    def _on_leave_ack(self, name: str) -> None:
+        # leave_acks answer our leaves in order; one with no leave pending
+        # means the server removed us (Server.close_room).
+        queue = self._leaving.get(name)
+        if queue:
+            room = queue.popleft()
+            if not queue:
+                del self._leaving[name]
+        else:
+            joined = self._rooms.get(name)
+            if joined is None or joined._state != "joined" or joined is self:
+                return
+            logger.debug("removed from room %r by the server", name)
+            del self._rooms[name]
+            joined._queue_send.close()
+            joined._notify_members()
+            room = joined
+        room._state = "left"
+        room._left.set()
 
     def _on_join_ack(self, msg: Message) -> None:
         name = msg.room
