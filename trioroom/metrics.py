@@ -44,6 +44,8 @@ class Metrics:
     heartbeat_failures: int = 0
     #: Cross-node operations that failed (Redis backplane).
     backplane_errors: int = 0
+    #: Plain HTTP responses (health, metrics, static files), by status.
+    http_responses: Counter[int] = attrs.field(factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         """A snapshot as plain Python values."""
@@ -51,6 +53,39 @@ class Metrics:
             key: dict(value) if isinstance(value, Counter) else value
             for key, value in attrs.asdict(self, recurse=False).items()
         }
+
+
+#: Help texts of the live gauges (``Server.stats()`` keys).
+GAUGE_HELP = {
+    "connections": "Open WebSocket connections",
+    "rooms": "Rooms with at least one member",
+    "queued_frames": "Frames waiting in outbound queues, all connections",
+    "queued_bytes": "Bytes waiting in outbound queues, all connections",
+}
+
+#: Plain counters: Metrics attribute -> help text.
+COUNTER_HELP = {
+    "connections_opened": "Connections accepted",
+    "connections_closed": "Connections closed",
+    "messages_in": "Messages received from clients",
+    "bytes_in": "Bytes of messages received from clients",
+    "messages_out": "Frames queued to clients",
+    "bytes_out": "Bytes of frames queued to clients",
+    "broadcasts": "Room broadcasts and emits",
+    "fanout_deliveries": "Deliveries made by broadcasts",
+    "handler_errors": "Handler and hook calls that raised",
+    "heartbeat_failures": "Pings not answered in time",
+    "backplane_errors": "Failed cross-node operations",
+}
+
+#: Labelled counters: Metrics attribute -> (help text, label name).
+LABELLED_HELP = {
+    "frames_dropped": ("Frames dropped, by reason", "reason"),
+    "disconnects": ("Connections closed, by reason", "reason"),
+    "close_codes": ("Connections closed, by WebSocket close code", "code"),
+    "handshakes_rejected": ("WebSocket handshakes refused, by HTTP status", "status"),
+    "http_responses": ("Plain HTTP responses, by status", "status"),
+}
 
 
 class PrometheusCollector:
@@ -71,45 +106,28 @@ class PrometheusCollector:
         return []
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            SummaryMetricFamily,
+        )
 
         p = self._prefix
         m = self._metrics
         for name, value in self._gauges().items():
-            yield GaugeMetricFamily(f"{p}_{name}", name.replace("_", " "), value=value)
-        plain = {
-            "connections_opened": "Connections accepted",
-            "connections_closed": "Connections closed",
-            "messages_in": "Messages received from clients",
-            "bytes_in": "Bytes of messages received from clients",
-            "messages_out": "Frames queued to clients",
-            "bytes_out": "Bytes of frames queued to clients",
-            "broadcasts": "Room broadcasts and emits",
-            "fanout_deliveries": "Deliveries made by broadcasts",
-            "handler_errors": "Handler calls that raised",
-            "heartbeat_failures": "Pings not answered in time",
-            "backplane_errors": "Failed cross-node operations",
-        }
-        for attr, doc in plain.items():
+            doc = GAUGE_HELP.get(name, name.replace("_", " "))
+            yield GaugeMetricFamily(f"{p}_{name}", doc, value=value)
+        for attr, doc in COUNTER_HELP.items():
             yield CounterMetricFamily(f"{p}_{attr}", doc, value=getattr(m, attr))
-        labelled = (
-            ("frames_dropped", "Frames dropped, by reason", "reason", m.frames_dropped),
-            ("disconnects", "Connections closed, by reason", "reason", m.disconnects),
-            ("close_codes", "Connections closed, by close code", "code", m.close_codes),
-            (
-                "handshakes_rejected",
-                "Handshakes refused, by HTTP status",
-                "status",
-                m.handshakes_rejected,
-            ),
-        )
-        for name, doc, label, counter in labelled:
+        for name, (doc, label) in LABELLED_HELP.items():
             family = CounterMetricFamily(f"{p}_{name}", doc, labels=[label])
+            counter: Counter[Any] = getattr(m, name)
             for key, value in sorted(counter.items(), key=lambda kv: str(kv[0])):
                 family.add_metric([str(key)], value)
             yield family
-        handler = CounterMetricFamily(
-            f"{p}_handler_seconds", "Total time spent in handlers", value=m.handler_seconds
+        yield SummaryMetricFamily(
+            f"{p}_handler_duration_seconds",
+            "Time spent in event handlers (count is the number of calls)",
+            count_value=m.handler_calls,
+            sum_value=m.handler_seconds,
         )
-        yield handler
-        yield CounterMetricFamily(f"{p}_handler_calls", "Handler calls", value=m.handler_calls)
