@@ -31,7 +31,6 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
-from . import workers
 from .connection import Connection
 from .log import JsonFormatter, TextFormatter
 from .server import Server
@@ -286,7 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
         if section not in groups:
             groups[section] = serve.add_argument_group(f"server settings: {section.lower()}")
         _add_option(groups[section], option)
-    workers.add_cluster_arguments(serve)
     serve.set_defaults(parser=serve)
     return parser
 
@@ -452,13 +450,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         options = command_options(args, os.environ)
         settings = settings_from_args(args, os.environ)
-        cluster = workers.cluster_options(args, os.environ)
     except ValueError as exc:
         parser.error(str(exc))
     configure_logging(options["log_level"], options["log_format"])
-    if cluster.supervisor:
-        sys.exit(workers.supervise(cluster, argv, options["host"], options["port"], settings.path))
-    server = workers.make_server(cluster, settings)
+    server = Server(settings)
     server.process_request = WebApp(server, demo=options["demo"], metrics=options["metrics"])
     failure = ""
     status = 1
