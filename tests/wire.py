@@ -17,6 +17,7 @@ import trio.testing
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
+from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from trioroom import Server
@@ -52,6 +53,7 @@ class RawClient:
         headers: list[tuple[str, str]] | None = None,
         *,
         read_root_ack: bool = True,
+        subprotocols: list[str] | None = None,
     ) -> RawClient:
         """Connect over TCP to ``(host, port)``, or over a stream you opened."""
         if isinstance(address, tuple):
@@ -59,7 +61,11 @@ class RawClient:
             stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
         else:
             host, port, stream = "localhost", 80, address
-        protocol = ClientProtocol(parse_uri(f"ws://{host}:{port}{path}"), max_size=None)
+        protocol = ClientProtocol(
+            parse_uri(f"ws://{host}:{port}{path}"),
+            max_size=None,
+            subprotocols=[Subprotocol(p) for p in subprotocols] if subprotocols else None,
+        )
         request = protocol.connect()
         for name, value in headers or []:
             request.headers[name] = value
@@ -84,10 +90,15 @@ class RawClient:
                 self.protocol.receive_data(data)
             else:
                 self.protocol.receive_eof()
+            response = None
             for event in self.protocol.events_received():
                 if isinstance(event, Response):
-                    return event
-                self.frames.append(event)
+                    response = event
+                else:
+                    # Frames that arrived in the same read as the 101.
+                    self.frames.append(event)
+            if response is not None:
+                return response
             if not data:
                 raise ConnectionError("server closed during handshake")
 

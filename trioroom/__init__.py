@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .client import connect
 from .connection import CloseCode, Connection
-from .handshake import Reject, Request
+from .handshake import Reject, Request, RequestError
 from .metrics import Metrics
 from .protocol import RESERVED_EVENTS, FrameError, Message
 from .server import Server
@@ -29,6 +29,7 @@ __all__ = [
     "Metrics",
     "Reject",
     "Request",
+    "RequestError",
     "Server",
     "Settings",
     "__version__",

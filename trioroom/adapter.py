@@ -31,6 +31,7 @@ import trio_websocket
 from websockets.datastructures import Headers
 
 from .connection import CloseCode
+from .extension import SUBPROTOCOL
 from .handshake import Reject, Request
 from .wsframe import frame_payload
 
@@ -175,14 +176,17 @@ async def serve_trio_websocket(server: Server, request: trio_websocket.WebSocket
                 )
             return
         with trio.move_on_after(server.settings.handshake_timeout) as deadline:
-            ws = await request.accept()
+            # Offer the trioroom.v1 extension to clients that ask for it.
+            proposed = request.proposed_subprotocols
+            subprotocol = SUBPROTOCOL if SUBPROTOCOL in proposed else None
+            ws = await request.accept(subprotocol=subprotocol)
         if deadline.cancelled_caught:
             server.metrics.handshakes_rejected[408] += 1
             return
         transport = TrioWebsocketTransport(ws, server.settings.max_message_size)
         server._handshaking -= 1
         counted = False
-        await server.handle_transport(transport, trequest, claims)
+        await server.handle_transport(transport, trequest, claims, extended=subprotocol is not None)
     except trio_websocket.ConnectionClosed:
         logger.debug("client %s went away during the handshake", trequest.remote_address)
     except Exception:

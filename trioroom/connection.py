@@ -30,6 +30,7 @@ import trio
 from websockets.exceptions import ProtocolError
 from websockets.frames import Close
 
+from .extension import ErrorCode, ReplayBuffer, error_message
 from .handshake import Request
 from .log import ConnectionLogger
 from .protocol import encode
@@ -117,6 +118,22 @@ class Connection:
         self._tokens = float(settings.rate_burst)
         self._tokens_at = 0.0
         self.log = ConnectionLogger(logger, {"conn_id": conn_id})
+        # The trioroom.v1 extension (see trioroom.extension).
+        #: True when the client negotiated ``trioroom.v1``.
+        self.extended = False
+        self.resume_token: str | None = None
+        self.replay: ReplayBuffer | None = None
+        #: True while the socket is gone and the session waits to be resumed.
+        self.suspended = False
+        #: The session may outlive its socket: frames keep queueing while the
+        #: socket closes. The server clears it once the session ends for good.
+        self._may_resume = False
+        self._session_changed = trio.Event()
+        self._suspended = trio.Event()
+        self._resumed = False
+        # Frames written before anything queued, outside the numbering.
+        self._preamble: list[bytes] = []
+        self._inflight: list[bytes] = []
 
     def __repr__(self) -> str:
         return f"<Connection {self.id}>"
@@ -180,14 +197,16 @@ class Connection:
             self.close_reason = reason
             self.disconnect_reason = why
             self._graceful = graceful
-        if graceful and self._graceful and self._cancel_scope is not None:
+        if self.suspended:
+            self._session_changed.set()
+        elif graceful and self._graceful and self._cancel_scope is not None:
             self._wake_writer()
         elif self._cancel_scope is not None:
             self._cancel_scope.cancel()
 
     def _deliver(self, frame: bytes) -> bool:
         """Queue one encoded frame without blocking; apply the slow-consumer policy."""
-        if self.close_code is not None:
+        if self.close_code is not None and not self._may_resume:
             return False
         size = len(frame)
         if self._queued_bytes + size <= self._queue_bytes_limit:
@@ -202,6 +221,15 @@ class Connection:
 
     def _overflow(self, frame: bytes) -> bool:
         metrics = self.server.metrics
+        if self._may_resume and (self.suspended or self.close_code is not None):
+            # The socket is gone and its replay would now have a gap: the
+            # session cannot be resumed any more.
+            metrics.frames_dropped["session_overflow"] += 1
+            self.log.info("queue full while the socket is down: ending the session")
+            self.disconnect_reason = "slow_consumer"
+            self._may_resume = False
+            self.abort(CloseCode.SLOW_CONSUMER, "slow consumer", "slow_consumer")
+            return False
         if not self._drop_oldest:
             metrics.frames_dropped["slow_consumer"] += 1
             self.log.warning(
@@ -267,6 +295,8 @@ class Connection:
             self._cancel_scope = nursery.cancel_scope
             if self.close_code is not None:  # aborted before the nursery existed
                 nursery.cancel_scope.cancel()
+            if self._preamble:
+                self._wake_writer()
             nursery.start_soon(self._writer, transport, nursery.cancel_scope)
             if self.server.settings.ping_interval is not None:
                 nursery.start_soon(self._heartbeat, transport)
@@ -287,6 +317,15 @@ class Connection:
                 self.close_reason = "control frame flood"
                 self.disconnect_reason = "control_flood"
             elif (error := getattr(transport, "protocol_error", None)) is not None:
+                if self.extended and error[0] == CloseCode.MESSAGE_TOO_BIG:
+                    # Written before the close frame: the client learns why.
+                    self._deliver(
+                        binary_frame(
+                            error_message(
+                                "root", ErrorCode.MESSAGE_TOO_BIG, error[1] or "message too big"
+                            )
+                        )
+                    )
                 self.close_code, self.close_reason = error
                 self.disconnect_reason = "protocol_error"
                 self.log.info("protocol error: %s (close %d)", error[1], error[0])
@@ -308,6 +347,17 @@ class Connection:
             except trio.WouldBlock:
                 pass
             self._queued_bytes -= sum(map(len, frames))
+            if self.replay is not None:
+                # Numbered as sent: a frame lost with the socket is replayed.
+                for frame in frames:
+                    if frame:
+                        self.replay.record(frame)
+            if self._preamble:
+                frames = self._preamble + frames
+                self._preamble = []
+            # Until written, these frames still belong to the queue: a close
+            # that cancels this task writes them before its close frame.
+            self._inflight = frames
             with trio.move_on_after(write_timeout) as timeout:
                 try:
                     await transport.write(frames)
@@ -319,6 +369,7 @@ class Connection:
                     self._graceful = False
                     scope.cancel()
                     return
+            self._inflight = []
             if timeout.cancelled_caught:
                 self.server.metrics.frames_dropped["write_timeout"] += len(frames)
                 self.log.warning("write took over %.1fs: closing", write_timeout)
@@ -343,9 +394,36 @@ class Connection:
             self.abort(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", "heartbeat_timeout")
             return
 
+    # -- session suspension (trioroom.v1) ------------------------------------
+
+    def _suspend(self) -> None:
+        """The socket is gone but the session stays: frames queue up for a resume."""
+        self.suspended = True
+        self.close_code = None
+        self.close_reason = ""
+        self.disconnect_reason = ""
+        self._graceful = True
+        self._cancel_scope = None
+        self._resumed = False
+        self._session_changed = trio.Event()
+        self._suspended.set()
+
+    async def _wait_for_resume(self) -> bool:
+        """True once another socket took the session over; False when it ended."""
+        await self._session_changed.wait()
+        return self._resumed
+
+    def _take_over(self, preamble: list[bytes]) -> None:
+        """Called by the task of the resuming socket, which now serves the session."""
+        self.suspended = False
+        self._suspended = trio.Event()
+        self._resumed = True
+        self._preamble = preamble
+        self._session_changed.set()
+
     def _pending_frames(self) -> list[bytes]:
         """Take what is still queued; used for a graceful close."""
-        frames: list[bytes] = []
+        frames, self._inflight = self._inflight, []
         try:
             while True:
                 frames.append(self._receive_channel.receive_nowait())
@@ -354,9 +432,12 @@ class Connection:
         self._queued_bytes = 0
         return [f for f in frames if f]
 
-    async def _close_transport(self, transport: Transport) -> None:
-        """Send the close frame (after queued frames when graceful), bounded in time."""
-        queued = self._pending_frames()
+    async def _close_transport(self, transport: Transport, *, keep_queue: bool = False) -> None:
+        """Send the close frame (after queued frames when graceful), bounded in time.
+
+        ``keep_queue`` leaves queued frames for the session's next socket.
+        """
+        queued = [] if keep_queue else self._pending_frames()
         pending = queued if self._graceful else []
         code = self.close_code if self.close_code is not None else CloseCode.NORMAL
         with trio.move_on_after(self.server.settings.close_timeout):

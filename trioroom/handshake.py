@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 from websockets.datastructures import Headers
 
-__all__ = ["Reject", "Request", "origin_allowed"]
+__all__ = ["Reject", "Request", "RequestError", "origin_allowed"]
 
 
 class Reject(Exception):
@@ -25,6 +25,18 @@ class Reject(Exception):
         super().__init__(f"{status} {body}")
         self.status = status
         self.body = body
+
+
+class RequestError(Exception):
+    """Raise from a handler to answer an extended client's request with an error.
+
+    ``code`` and the message reach the client in a ``trioroom.error`` event;
+    any other exception is reported as ``handler_error`` without its text.
+    """
+
+    def __init__(self, message: str, code: str = "handler_error") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @attrs.frozen(eq=False)

@@ -22,9 +22,10 @@ to the real sender.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from itertools import islice
 from typing import Any, TypeVar
@@ -34,10 +35,23 @@ import trio
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from .backplane import Backplane, LocalBackplane
 from .connection import CloseCode, Connection, Transport, check_close
-from .handshake import Reject, Request, origin_allowed
+from .extension import (
+    ACK,
+    SUBPROTOCOL,
+    ErrorCode,
+    ReplayBuffer,
+    error_message,
+    not_resumed_message,
+    reply_message,
+    request_ref,
+    resumed_message,
+    session_message,
+)
+from .handshake import Reject, Request, RequestError, origin_allowed
 from .metrics import Metrics
 from .protocol import RESERVED_EVENTS, FrameError, Message, encode, member_list_payload
 from .rooms import RoomRegistry
@@ -65,6 +79,16 @@ ProcessRequestCallback = Callable[[Request], Awaitable[Response | None]]
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
 ROOT = "root"
+_PLAIN_HTTP = object()
+#: Why a session ended, as told to a client that tries to resume it.
+_ENDED_REASONS = {
+    "resume_expired": "expired",
+    "slow_consumer": "buffer_overflow",
+    "resume_gap": "buffer_overflow",
+    "peer": "closed",
+    "kicked": "kicked",
+    "shutdown": "server_shutdown",
+}
 _HOOKS = ("connect", "disconnect", "join", "leave")
 
 
@@ -113,6 +137,8 @@ class Server:
         self._accept_scopes: set[trio.CancelScope] = set()
         self._serve_scopes: set[trio.CancelScope] = set()
         self._backplane_running = False
+        self._sessions: dict[str, Connection] = {}
+        self._ended_sessions: OrderedDict[str, str] = OrderedDict()
         self.shutting_down = False
 
     # -- registration ------------------------------------------------------
@@ -197,17 +223,21 @@ class Server:
 
         ``nursery.start`` returns the listeners' local addresses.
         """
-        async with trio.open_nursery() as nursery:
-            self._serve_scopes.add(nursery.cancel_scope)
-            try:
+        serve_scope: trio.CancelScope | None = None
+        try:
+            # Leaving the block waits for every connection task; shutdown()
+            # cancels it once they are closed.
+            async with trio.open_nursery() as nursery:
+                serve_scope = nursery.cancel_scope
+                self._serve_scopes.add(serve_scope)
                 await self._ensure_backplane(nursery)
                 accept_scope = trio.CancelScope()
                 self._accept_scopes.add(accept_scope)
                 nursery.start_soon(self._accept, listeners, nursery, accept_scope)
                 task_status.started([_listener_address(lis) for lis in listeners])
-            finally:
-                # Leaving the block waits for every connection task.
-                self._serve_scopes.discard(nursery.cancel_scope)
+        finally:
+            if serve_scope is not None:
+                self._serve_scopes.discard(serve_scope)
 
     async def _accept(
         self,
@@ -225,8 +255,10 @@ class Server:
             with trio.CancelScope(shield=True):
                 for listener in listeners:
                     await trio.aclose_forcefully(listener)
-            if not self._connections and not self._handshaking and self.shutting_down:
-                nursery.cancel_scope.cancel()
+            # shutdown() cancels the serve scopes once every connection is
+            # closed. Not earlier: a connection already gone from
+            # _connections may still be leaving its rooms through the
+            # backplane, which runs in this nursery.
 
     async def _ensure_backplane(self, nursery: trio.Nursery) -> None:
         if not self._backplane_running:
@@ -274,7 +306,12 @@ class Server:
         Never raises: every failure is logged and the stream is closed.
         """
         remote = _remote_address(stream)
-        protocol = ServerProtocol(max_size=self.settings.max_message_size, logger=wire_logger)
+        protocol = ServerProtocol(
+            max_size=self.settings.max_message_size,
+            logger=wire_logger,
+            subprotocols=[Subprotocol(SUBPROTOCOL)],
+            select_subprotocol=_select_extension,
+        )
         self._handshaking += 1
         registered = False
         try:
@@ -282,7 +319,8 @@ class Server:
             if conn is None:
                 return
             registered = True
-            await self._serve_connection(conn, StreamTransport(stream, protocol))
+            conn.extended = protocol.subprotocol == SUBPROTOCOL
+            await self._start(conn, StreamTransport(stream, protocol))
         except Exception:
             logger.exception("connection from %s failed", remote)
         finally:
@@ -306,7 +344,7 @@ class Server:
         request = Request(ws_request.path, ws_request.headers, remote)
         response, claims = await self._negotiate(request, ws_request, protocol)
         accepted = response.status_code == 101
-        if not accepted:
+        if not accepted and claims is not _PLAIN_HTTP:
             self.metrics.handshakes_rejected[response.status_code] += 1
         protocol.send_response(response)
         data = b"".join(protocol.data_to_send())
@@ -325,7 +363,8 @@ class Server:
         if self.process_request is not None:
             response = await self.process_request(request)
             if response is not None:
-                return response, None
+                # A plain HTTP answer (page, health check): not a refused handshake.
+                return response, _PLAIN_HTTP
         if request.path != self.settings.path:
             return protocol.reject(404, "Not Found\n"), None
         try:
@@ -362,33 +401,151 @@ class Server:
             raise Reject(401, "Unauthorized")
         return claims
 
-    async def _serve_connection(self, conn: Connection, transport: Transport) -> None:
-        """Join ``root``, run the connection's nursery, and always clean up."""
-        try:
-            # The root join_ack is queued before the connection can be found
-            # by ID, so it is always the first frame the client receives.
-            await self._join(conn, ROOT, check=False)
-            self._connections[conn.id] = conn
-            self._handshaking -= 1
-            self.metrics.connections_opened += 1
-            conn.log.debug("connected from %s", conn.remote_address)
-            await self._run_hooks("connect", conn)
-            await conn._serve(transport)
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._disconnect(conn)
-                self._record_close(conn)
-                await conn._close_transport(transport)
-                conn.closed.set()
-                await self._run_hooks("disconnect", conn)
+    async def _start(self, conn: Connection, transport: Transport) -> None:
+        """Serve a new connection, or resume the session its request names."""
+        token = conn.request.query.get("resume") if conn.extended else None
+        if token is not None:
+            reason = await self._try_resume(conn, transport, token)
+            if reason is None:
+                return
+            conn.log.info("session not resumed: %s", reason)
+            conn._preamble.append(binary_frame(not_resumed_message(reason)))
+        await self._serve_connection(conn, transport)
 
-    async def handle_transport(self, transport: Transport, request: Request, claims: Any) -> None:
-        """Serve a connection whose WebSocket handshake happened elsewhere (adapters)."""
+    async def _serve_connection(
+        self, conn: Connection, transport: Transport, *, resumed: bool = False
+    ) -> None:
+        """Join ``root``, run the connection's nursery, and always clean up.
+
+        An extended session whose socket drops is suspended instead, for up to
+        ``resume_window`` seconds; if another socket resumes it, that socket's
+        task takes the session over and this one returns without cleanup.
+        """
+        owner = True
+        transport_closed = False
+        try:
+            if not resumed:
+                if conn.extended and self.settings.resume_window > 0:
+                    self._open_session(conn)
+                # The root join_ack is queued before the connection can be found
+                # by ID, so it is always the first frame the client receives.
+                await self._join(conn, ROOT, check=False)
+                self._connections[conn.id] = conn
+                self._handshaking -= 1
+                self.metrics.connections_opened += 1
+                conn.log.debug("connected from %s", conn.remote_address)
+                await self._run_hooks("connect", conn)
+            while True:
+                transport_closed = False
+                await conn._serve(transport)
+                if not self._may_suspend(conn):
+                    break
+                with trio.CancelScope(shield=True):
+                    await conn._close_transport(transport, keep_queue=True)
+                transport_closed = True
+                self.metrics.disconnects["suspended"] += 1
+                conn.log.info("socket lost (%s): session suspended", conn.disconnect_reason)
+                conn._suspend()
+                with trio.move_on_after(self.settings.resume_window):
+                    if await conn._wait_for_resume():
+                        owner = False
+                        return
+                if conn.close_code is None:
+                    conn.close_code = CloseCode.ABNORMAL_CLOSURE
+                    conn.disconnect_reason = "resume_expired"
+                break
+        finally:
+            if owner:
+                conn._may_resume = False
+                with trio.CancelScope(shield=True):
+                    self._close_session(conn)
+                    await self._disconnect(conn)
+                    self._record_close(conn)
+                    if not transport_closed:
+                        await conn._close_transport(transport)
+                    conn.closed.set()
+                    await self._run_hooks("disconnect", conn)
+
+    # -- sessions of the trioroom.v1 extension ------------------------------------
+
+    def _open_session(self, conn: Connection) -> None:
+        settings = self.settings
+        conn.resume_token = secrets.token_urlsafe(24)
+        conn.replay = ReplayBuffer(settings.resume_buffer_frames, settings.resume_buffer_bytes)
+        conn._may_resume = True
+        self._sessions[conn.resume_token] = conn
+        conn._preamble.append(
+            binary_frame(session_message(conn.resume_token, settings.resume_window, conn.id))
+        )
+
+    def _close_session(self, conn: Connection) -> None:
+        token = conn.resume_token
+        if token is None or self._sessions.get(token) is not conn:
+            return
+        del self._sessions[token]
+        reason = conn.disconnect_reason
+        self._ended_sessions[token] = _ENDED_REASONS.get(reason, "closed")
+        while len(self._ended_sessions) > 10_000:
+            self._ended_sessions.popitem(last=False)
+
+    def _may_suspend(self, conn: Connection) -> bool:
+        if not conn._may_resume or self.shutting_down:
+            return False
+        why = conn.disconnect_reason
+        if why == "peer":
+            # A client that closes on purpose (1000 normal, 1001 going away)
+            # ends its session; a dropped socket does not.
+            return conn.close_code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+        return why in ("heartbeat_timeout", "write_timeout", "replaced")
+
+    async def _try_resume(self, fresh: Connection, transport: Transport, token: str) -> str | None:
+        """Resume the session of ``token`` on a new socket; return why not, or ``None``."""
+        session = self._sessions.get(token)
+        if session is None:
+            return self._ended_sessions.get(token, "unknown_token")
+        if session.claims != fresh.claims:
+            return "identity_mismatch"
+        try:
+            last = int(fresh.request.query.get("last", "0"))
+        except ValueError:
+            return "bad_request"
+        if not session.suspended:
+            # The old socket still looks alive to us: the client knows better.
+            session.abort(CloseCode.GOING_AWAY, "replaced by a resumed socket", "replaced")
+            with trio.move_on_after(self.settings.close_timeout + 1):
+                while not session.suspended and session.resume_token in self._sessions:
+                    await session._suspended.wait()
+            if not session.suspended:
+                return "expired"
+        assert session.replay is not None
+        frames = session.replay.since(last)
+        if frames is None:
+            session.abort(CloseCode.ABNORMAL_CLOSURE, "", "resume_gap")
+            return "buffer_overflow"
+        session.replay.acknowledge(last)
+        # The session carries on with the new request's address.
+        self._handshaking -= 1
+        self._release_address(session.remote_address)
+        session.request = fresh.request
+        session.log.info("session resumed after frame %d: replaying %d", last, len(frames))
+        self.metrics.disconnects["resumed"] += 1
+        session._take_over([binary_frame(resumed_message(session.id, len(frames))), *frames])
+        await self._serve_connection(session, transport, resumed=True)
+        return None
+
+    async def handle_transport(
+        self, transport: Transport, request: Request, claims: Any, *, extended: bool = False
+    ) -> None:
+        """Serve a connection whose WebSocket handshake happened elsewhere (adapters).
+
+        ``extended`` says the handshake selected the ``trioroom.v1`` subprotocol.
+        """
         self._handshaking += 1
         conn = Connection(self, str(uuid.uuid4()), request, claims)
+        conn.extended = extended
         if request.remote_address is not None:
             self._per_address[request.remote_address] += 1
-        await self._serve_connection(conn, transport)
+        await self._start(conn, transport)
 
     def _record_close(self, conn: Connection) -> None:
         metrics = self.metrics
@@ -410,11 +567,7 @@ class Server:
         else:
             # Cancelled before registration finished.
             self._handshaking -= 1
-        remote = conn.remote_address
-        if remote is not None:
-            self._per_address[remote] -= 1
-            if self._per_address[remote] <= 0:
-                del self._per_address[remote]
+        self._release_address(conn.remote_address)
         for name in reversed(list(conn._rooms)):  # root last
             with trio.move_on_after(self.settings.close_timeout) as scope:
                 await self._leave(conn, name, ack=False)
@@ -422,6 +575,12 @@ class Server:
                 # A room lock is stuck (e.g. a backplane call hanging): remove
                 # the membership without it rather than leak it.
                 self._force_leave(conn, name)
+
+    def _release_address(self, remote: str | None) -> None:
+        if remote is not None:
+            self._per_address[remote] -= 1
+            if self._per_address[remote] <= 0:
+                del self._per_address[remote]
 
     # -- inbound frames ------------------------------------------------------
 
@@ -433,6 +592,8 @@ class Server:
         if not conn._take_token():
             metrics.frames_dropped["rate_limited"] += 1
             conn.frames_dropped += 1
+            if conn.extended:
+                self._send_error(conn, ROOT, ErrorCode.RATE_LIMITED, "rate limit exceeded")
             return
         try:
             msg = Message.decode(data)
@@ -441,35 +602,84 @@ class Server:
             self._bad_frame(conn, str(exc))
             return
         event = msg.event
+        ref = request_ref(msg.src) if conn.extended else None
         if event == "join":
-            await self._join(conn, msg.room)
+            if await self._join(conn, msg.room, ref=ref) and ref is not None:
+                self._send_reply(conn, msg.room, ref, None)
         elif event == "leave":
             await self._leave(conn, msg.room)
+            if ref is not None:
+                self._send_reply(conn, msg.room, ref, None)
         elif event in RESERVED_EVENTS:
-            self._bad_frame(conn, f"clients may not send reserved event {event!r}")
+            self._bad_frame(conn, f"clients may not send reserved event {event!r}", ref=ref)
+        elif event == ACK and conn.replay is not None:
+            try:
+                conn.replay.acknowledge(int(msg.payload))
+            except ValueError:
+                self._bad_frame(conn, "acknowledgement is not a number")
         elif msg.dst:
             frame = binary_frame(encode(msg.room, event, msg.dst, conn.id, msg.payload))
-            self._send_direct(msg.dst, frame, msg.room, conn)
+            if self._send_direct(msg.dst, frame, msg.room, conn):
+                if ref is not None:
+                    self._send_reply(conn, msg.room, ref, None)
+            elif conn.extended:
+                self._send_error(
+                    conn,
+                    msg.room,
+                    ErrorCode.UNKNOWN_DESTINATION,
+                    f"no connection {msg.dst}",
+                    event=event,
+                    ref=ref,
+                )
         elif event in self._handlers:
-            await self._call_handler(conn, msg)
+            await self._call_handler(conn, msg, ref)
         else:
             room = self._rooms.get(msg.room)
             if room is None or conn.id not in room.members:
                 metrics.frames_dropped["not_a_member"] += 1
                 conn.log.debug("broadcast to %r dropped: not a member", msg.room)
+                if conn.extended:
+                    self._send_error(
+                        conn,
+                        msg.room,
+                        ErrorCode.NOT_A_MEMBER,
+                        f"not a member of room {msg.room!r}",
+                        event=event,
+                        ref=ref,
+                    )
                 return
             message = encode(msg.room, event, "", conn.id, msg.payload)
             self._fanout(msg.room, message, binary_frame(message), conn.id)
+            if ref is not None:
+                self._send_reply(conn, msg.room, ref, None)
 
-    def _bad_frame(self, conn: Connection, reason: str) -> None:
+    def _send_reply(self, conn: Connection, room: str, ref: str, value: Any) -> None:
+        conn._deliver(binary_frame(reply_message(room, ref, value)))
+
+    def _send_error(
+        self,
+        conn: Connection,
+        room: str,
+        code: str,
+        message: str,
+        *,
+        event: str = "",
+        ref: str | None = None,
+    ) -> None:
+        """Tell an extended client what went wrong (plain clients get nothing)."""
+        if conn.extended:
+            conn._deliver(binary_frame(error_message(room, code, message, event=event, ref=ref)))
+
+    def _bad_frame(self, conn: Connection, reason: str, *, ref: str | None = None) -> None:
         conn.bad_frames += 1
         self.metrics.frames_dropped["malformed"] += 1
         conn.log.info("dropped frame: %s", reason)
+        self._send_error(conn, ROOT, ErrorCode.MALFORMED, reason, ref=ref)
         if conn.bad_frames > self.settings.max_bad_frames:
             conn.log.warning("closing after %d malformed frames", conn.bad_frames)
             conn.abort(CloseCode.POLICY_VIOLATION, "too many malformed frames", "bad_frames")
 
-    async def _call_handler(self, conn: Connection, msg: Message) -> Any:
+    async def _call_handler(self, conn: Connection, msg: Message, ref: str | None = None) -> Any:
         if msg.src != conn.id:
             msg = attrs.evolve(msg, src=conn.id)
         handler = self._handlers[msg.event]
@@ -477,21 +687,42 @@ class Server:
         metrics.handler_calls += 1
         started = time.perf_counter()
         try:
-            return await handler(conn, msg)
-        except Exception:
+            if ref is None:
+                return await handler(conn, msg)
+            with trio.move_on_after(self.settings.request_timeout) as scope:
+                value = await handler(conn, msg)
+            if scope.cancelled_caught:
+                self._send_error(
+                    conn,
+                    msg.room,
+                    ErrorCode.TIMEOUT,
+                    f"handler took over {self.settings.request_timeout}s",
+                    event=msg.event,
+                    ref=ref,
+                )
+                return None
+            self._send_reply(conn, msg.room, ref, value)
+            return value
+        except Exception as exc:
             metrics.handler_errors += 1
             conn.log.exception(
                 "handler for event %r raised",
                 msg.event,
                 extra={"event": msg.event, "room": msg.room},
             )
+            # Only RequestError texts are meant for clients; others may leak internals.
+            text = str(exc) if isinstance(exc, RequestError) else "the handler failed"
+            code = exc.code if isinstance(exc, RequestError) else ErrorCode.HANDLER_ERROR
+            self._send_error(conn, msg.room, code, text, event=msg.event, ref=ref)
             return None
         finally:
             metrics.handler_seconds += time.perf_counter() - started
 
     # -- membership --------------------------------------------------------------
 
-    async def _join(self, conn: Connection, name: str, *, check: bool = True) -> bool:
+    async def _join(
+        self, conn: Connection, name: str, *, check: bool = True, ref: str | None = None
+    ) -> bool:
         settings = self.settings
         if check:
             reason = None
@@ -502,30 +733,33 @@ class Server:
             elif self.authorize_join is not None and not await self.authorize_join(conn, name):
                 reason = "refused by authorize_join"
             if reason is not None:
-                self._refuse_join(conn, name, reason)
+                self._refuse_join(conn, name, reason, ref)
                 return False
         notify = name != ROOT or settings.root_notices
         async with self._rooms.locked(name, create=True) as room:
             assert room is not None
             members = room.members
             new = conn.id not in members
+            if new and len(members) >= settings.max_members_per_room and name != ROOT:
+                self._refuse_join(conn, name, "room is full", ref)
+                return False
+            distributed = self.backplane.distributed
+            if new and distributed:
+                # Registered (and subscribed) first: the member list below then
+                # has every member on other nodes, and a member told of the
+                # joiner can already reach it.
+                await self.backplane.joined(name, conn.id)
+            ids = await self._member_ids(name, members, conn.id)
+            # No checkpoint from here to the ack, so nothing of this room
+            # reaches the joiner before its join_ack.
             if new:
-                if len(members) >= settings.max_members_per_room and name != ROOT:
-                    self._refuse_join(conn, name, "room is full")
-                    return False
                 members[conn.id] = conn
                 conn._rooms[name] = None
-                distributed = self.backplane.distributed
-                if distributed:
-                    # Registered (and subscribed) before the notice goes out, so
-                    # a member told of the joiner on another node can reach it.
-                    await self.backplane.joined(name, conn.id)
-                if notify and (len(members) > 1 or distributed):
-                    notice = encode(name, "new_member", "", "", conn.id.encode())
-                    self._fanout(name, notice, binary_frame(notice), conn.id, count=False)
-            ids = await self._member_ids(name, room.members, conn.id)
             ack = encode(name, "join_ack", "", conn.id, member_list_payload(ids))
             conn._deliver(binary_frame(ack))
+            if new and notify and (len(members) > 1 or distributed):
+                notice = encode(name, "new_member", "", "", conn.id.encode())
+                self._fanout(name, notice, binary_frame(notice), conn.id, count=False)
         if new:
             conn.log.debug("joined", extra={"room": name})
             await self._run_hooks("join", conn, name)
@@ -548,9 +782,10 @@ class Server:
             ids.extend(await self.backplane.remote_members(name, limit=cap))
         return ids
 
-    def _refuse_join(self, conn: Connection, name: str, reason: str) -> None:
+    def _refuse_join(self, conn: Connection, name: str, reason: str, ref: str | None) -> None:
         self.metrics.frames_dropped["join_refused"] += 1
         conn.log.info("join refused: %s", reason, extra={"room": name})
+        self._send_error(conn, name, ErrorCode.JOIN_REFUSED, reason, event="join", ref=ref)
 
     async def _leave(self, conn: Connection, name: str, *, ack: bool = True) -> None:
         left = False
@@ -846,3 +1081,8 @@ def _listener_address(listener: trio.abc.Listener[Any]) -> Any:
             return sock.getsockname()
         inner = getattr(inner, "transport_listener", None)
     return None
+
+
+def _select_extension(protocol: ServerProtocol, offered: Sequence[Any]) -> Any:
+    """Pick ``trioroom.v1`` when offered; never refuse a client for its subprotocols."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None

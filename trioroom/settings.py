@@ -80,6 +80,18 @@ class Settings:
     #: Malformed frames tolerated per connection before it is closed (1008).
     max_bad_frames: int = attrs.field(default=10, validator=attrs.validators.ge(0))
 
+    # The trioroom.v1 extension (resumption, requests, error events)
+    #: How long a dropped extended session waits to be resumed; 0 turns
+    #: resumption off.
+    resume_window: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
+    #: Frames kept for replay per session (sent but not acknowledged).
+    resume_buffer_frames: int = attrs.field(default=1024, validator=_positive)
+    #: Bytes kept for replay per session.
+    resume_buffer_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    #: A request (a frame with ``src="?<ref>"``) whose handler takes longer is
+    #: answered with a ``timeout`` error.
+    request_timeout: float = attrs.field(default=30.0, validator=_positive)
+
     # Origin policy
     #: Allowed ``Origin`` values (e.g. ``"https://example.com"``). ``None``:
     #: requests without Origin and same-host Origins only.

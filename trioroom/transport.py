@@ -41,6 +41,7 @@ class StreamTransport:
         self._messages: deque[bytes] = deque()
         self._fragments: list[bytes] | None = None
         self._control: list[bytes] = []
+        self._final: list[bytes] = []
         self._pongs: dict[bytes, trio.Event] = {}
         self._wake: Callable[[], None] = lambda: None
         self._ended = False
@@ -107,6 +108,11 @@ class StreamTransport:
 
     def _take_output(self) -> None:
         output = self._protocol.data_to_send()
+        if output and self._protocol.state is not State.OPEN:
+            # The close frame (ours after a protocol error, or the echo of the
+            # peer's): written by close(), after frames queued before it.
+            self._final.extend(chunk for chunk in output if chunk)
+            return
         if output:
             self._control.extend(chunk for chunk in output if chunk)
             if len(self._control) > MAX_PENDING_CONTROL and not self._ended:
@@ -161,7 +167,8 @@ class StreamTransport:
             await trio.aclose_forcefully(self._stream)
             return
         try:
-            data = b"".join(before + pending + closing)
+            # The close frame comes last: nothing may follow it.
+            data = b"".join(before + pending + self._final + closing)
             if data:
                 await self._stream.send_all(data)
             # Read until the peer's close frame or EOF, so the peer sees a clean
