@@ -39,6 +39,7 @@ def test_short_soak(tmp_path: Path) -> None:
     assert report["churn_cycles"] > 0 and report["abrupt_closes"] > 0
     assert report["stable_deliveries_expected"] > 0
     assert report["lost"] == 0
+    assert report["stable_members_dropped_by_server"] == 0
     assert report["client_errors"] == 0
     assert report["server_errors_logged"] == 0, (tmp_path / "server.log").read_text()[-3000:]
     assert report["server_exit_code"] == 0
