@@ -314,9 +314,8 @@ class RedisBackplane(Backplane):
             # Connections closing along with us fail to reach Redis: expected.
             self._closing = True
             self._client = None
-            was_up = self._up
             self._go_down()
-            if was_up:
+            if self.stats.sessions:
                 with trio.CancelScope(shield=True), trio.move_on_after(self.op_timeout):
                     await self._deregister()
 
