@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 import attrs
 import trio
 
+from . import workers
 from .connection import Connection
 from .log import JsonFormatter, TextFormatter
 from .server import Server
@@ -285,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         if section not in groups:
             groups[section] = serve.add_argument_group(f"server settings: {section.lower()}")
         _add_option(groups[section], option)
+    workers.add_cluster_arguments(serve)
     serve.set_defaults(parser=serve)
     return parser
 
@@ -450,10 +452,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         options = command_options(args, os.environ)
         settings = settings_from_args(args, os.environ)
+        cluster = workers.cluster_options(args, os.environ)
     except ValueError as exc:
         parser.error(str(exc))
     configure_logging(options["log_level"], options["log_format"])
-    server = Server(settings)
+    if cluster.supervisor:
+        sys.exit(workers.supervise(cluster, argv, options["host"], options["port"], settings.path))
+    server = workers.make_server(cluster, settings)
     server.process_request = WebApp(server, demo=options["demo"], metrics=options["metrics"])
     failure = ""
     status = 1
