@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="before each workload, wait up to this many seconds for both cores to be "
         "quiet (< 25%% busy), since other processes skew the numbers (default 120; 0: no wait)",
     )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="measure a workload again when other processes ran on the cores during it (default 2)",
+    )
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     p.add_argument("--no-verify", action="store_true", help="skip the protocol check of each peer")
     return p.parse_args(argv)
@@ -163,17 +169,27 @@ def main(argv: list[str] | None = None) -> int:
             n += 1
             if name != "verify" and data["results"][peer].get("verify", {}).get("ok") is False:
                 pass  # still measured; the report flags the failed check
-            ctx = workloads.Ctx(PEERS[peer], s, raw_dir)
-            waited = wait_quiet(args.wait_quiet) if name != "verify" else 0.0
-            t0 = time.monotonic()
             log(f"[{n:>2}/{total}] {name:<11} {peer:<15} ...")
-            try:
-                res = fn(ctx)
-            except Exception as exc:  # one failure must not end the run
-                res = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-                (raw_dir / f"{peer}.{name}.traceback.txt").write_text(traceback.format_exc())
-            res["elapsed_s"] = round(time.monotonic() - t0, 1)
-            res["waited_for_quiet_s"] = waited
+            res = {}
+            for attempt in range(1 + max(0, args.retries)):
+                ctx = workloads.Ctx(PEERS[peer], s, raw_dir)
+                waited = wait_quiet(args.wait_quiet) if name != "verify" else 0.0
+                t0 = time.monotonic()
+                try:
+                    res = fn(ctx)
+                except Exception as exc:  # one failure must not end the run
+                    res = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                    (raw_dir / f"{peer}.{name}.traceback.txt").write_text(traceback.format_exc())
+                res["elapsed_s"] = round(time.monotonic() - t0, 1)
+                res["waited_for_quiet_s"] = waited
+                res["attempt"] = attempt + 1
+                why = interference(res)
+                if why is None:
+                    break
+                res["interference"] = why
+                log(f"        {summary(name, res)}")
+                if attempt < args.retries:
+                    log(f"        {why}: measuring again")
             data["results"][peer][name] = res
             log(f"        {summary(name, res)}  ({res['elapsed_s']:.0f} s)")
             (raw_dir / "results.json").write_text(json.dumps(data, indent=1))
@@ -188,6 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     log("")
     log("wrote " + ", ".join(str(f) for f in files))
     return 0
+
+
+def interference(r: dict[str, Any]) -> str | None:
+    """Why this measurement was disturbed by other processes, if it was."""
+    c0, srv = r.get("cpu0_busy_pct"), r.get("server_cpu_pct")
+    if isinstance(c0, (int, float)) and isinstance(srv, (int, float)) and c0 - srv > 15:
+        return f"core 0 was {c0:.0f}% busy, the server used {srv:.0f}%"
+    c1, gen = r.get("cpu1_busy_pct"), r.get("gen_cpu_pct")
+    if isinstance(c1, (int, float)) and isinstance(gen, (int, float)) and c1 - gen > 25:
+        return f"core 1 was {c1:.0f}% busy, the generators used {gen:.0f}%"
+    return None
 
 
 def wait_quiet(max_s: float, threshold: float = 25.0) -> float:
