@@ -24,6 +24,7 @@ trio-websocket adapter) only move bytes; this module holds the policy.
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -134,6 +135,7 @@ class Connection:
         # Frames written before anything queued, outside the numbering.
         self._preamble: list[bytes] = []
         self._inflight: list[bytes] = []
+        self._write_started: float | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.id}>"
@@ -298,8 +300,7 @@ class Connection:
             if self._preamble:
                 self._wake_writer()
             nursery.start_soon(self._writer, transport, nursery.cancel_scope)
-            if self.server.settings.ping_interval is not None:
-                nursery.start_soon(self._heartbeat, transport)
+            nursery.start_soon(self._heartbeat, transport)
             nursery.start_soon(self._reader, transport, nursery.cancel_scope)
 
     async def _reader(self, transport: Transport, scope: trio.CancelScope) -> None:
@@ -338,7 +339,6 @@ class Connection:
 
     async def _writer(self, transport: Transport, scope: trio.CancelScope) -> None:
         receive_nowait = self._receive_channel.receive_nowait
-        write_timeout = self.server.settings.write_timeout
         while True:
             frames = [await self._receive_channel.receive()]
             try:
@@ -358,41 +358,64 @@ class Connection:
             # Until written, these frames still belong to the queue: a close
             # that cancels this task writes them before its close frame.
             self._inflight = frames
-            with trio.move_on_after(write_timeout) as timeout:
-                try:
-                    await transport.write(frames)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    # The peer is gone; the reader will see EOF too.
-                    if self.close_code is None:
-                        self.close_code = CloseCode.ABNORMAL_CLOSURE
-                        self.disconnect_reason = "peer"
-                    self._graceful = False
-                    scope.cancel()
-                    return
-            self._inflight = []
-            if timeout.cancelled_caught:
-                self.server.metrics.frames_dropped["write_timeout"] += len(frames)
-                self.log.warning("write took over %.1fs: closing", write_timeout)
+            # The heartbeat task enforces write_timeout from this timestamp: a
+            # cancel scope per write would cost more than the write itself.
+            self._write_started = trio.current_time()
+            try:
+                await transport.write(frames)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # The peer is gone; the reader will see EOF too.
+                if self.close_code is None:
+                    self.close_code = CloseCode.ABNORMAL_CLOSURE
+                    self.disconnect_reason = "peer"
                 self._graceful = False
-                self.abort(CloseCode.INTERNAL_ERROR, "write timeout", "write_timeout")
+                scope.cancel()
                 return
+            self._write_started = None
+            self._inflight = []
             if self.close_code is not None:
                 # A graceful close: everything queued before it is written.
                 scope.cancel()
                 return
 
     async def _heartbeat(self, transport: Transport) -> None:
+        """Ping the peer, and end writes that take longer than ``write_timeout``.
+
+        Wakes every ``tick``; while a pong is outstanding it pings again each
+        tick (a pong answers every earlier ping) so the write deadline is still
+        checked on time.
+        """
         settings = self.server.settings
-        assert settings.ping_interval is not None
+        interval = settings.ping_interval
+        ping_timeout = settings.ping_timeout
+        write_timeout = settings.write_timeout
+        tick = write_timeout / 2 if interval is None else min(interval, write_timeout / 2)
+        next_ping = trio.current_time() + interval if interval is not None else math.inf
+        ping_sent: float | None = None
         while True:
-            await trio.sleep(settings.ping_interval)
-            with trio.move_on_after(settings.ping_timeout):
-                await transport.ping()
-                continue
-            self.server.metrics.heartbeat_failures += 1
-            self.log.info("no pong within %.1fs: closing", settings.ping_timeout)
-            self.abort(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", "heartbeat_timeout")
-            return
+            if ping_sent is None:
+                await trio.sleep(tick)
+            else:
+                remaining = ping_sent + ping_timeout - trio.current_time()
+                with trio.move_on_after(max(0.0, min(tick, remaining))):
+                    await transport.ping()
+                    ping_sent = None
+                    next_ping = trio.current_time() + (interval or math.inf)
+            now = trio.current_time()
+            started = self._write_started
+            if started is not None and now - started >= write_timeout:
+                self.server.metrics.frames_dropped["write_timeout"] += len(self._inflight)
+                self.log.warning("write took over %.1fs: closing", write_timeout)
+                self._graceful = False
+                self.abort(CloseCode.INTERNAL_ERROR, "write timeout", "write_timeout")
+                return
+            if ping_sent is not None and now - ping_sent >= ping_timeout:
+                self.server.metrics.heartbeat_failures += 1
+                self.log.info("no pong within %.1fs: closing", ping_timeout)
+                self.abort(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", "heartbeat_timeout")
+                return
+            if ping_sent is None and now >= next_ping:
+                ping_sent = now
 
     # -- session suspension (trioroom.v1) ------------------------------------
 
