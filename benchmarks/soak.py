@@ -119,9 +119,11 @@ class StableMember:
         self.ws = ws
         try:
             await self._chat(go, stop, interval)
-        except trio_websocket.ConnectionClosed as exc:
+        except* trio_websocket.ConnectionClosed as group:
             # Counted, not fatal: a member the server dropped is left out of
             # the loss accounting and reported separately.
+            exc = group.exceptions[0]
+            assert isinstance(exc, trio_websocket.ConnectionClosed)
             self.dropped = exc.reason.code
             self.tally.stable_dropped += 1
             self.done_sending.set()
