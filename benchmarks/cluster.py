@@ -1,12 +1,19 @@
 """Cross-node fan-out through Redis: one process against 2 and 4 workers.
 
-Every configuration serves one room of ``--receivers`` members (Node load
-generator, ``benchmarks/loadgen``) and ``--senders`` senders that broadcast to
-it as fast as a window of ``--window`` unacknowledged messages allows (each
-sender's probe member acknowledges). With ``--workers N`` the kernel spreads
-the connections over N processes (``SO_REUSEPORT``), so most deliveries cross
-a node: the sender's worker publishes each message once to Redis, and every
-other worker fans it out to its own members.
+Every configuration serves one room of ``--receivers`` members plus
+``--senders`` members that each broadcast to it at a fixed rate (the Node load
+generator in ``benchmarks/loadgen``: ``fanout_recv`` and ``chat`` roles). With
+``--workers N`` the kernel spreads the connections over N processes
+(``SO_REUSEPORT``), so most deliveries cross a node: the sender's worker
+publishes each message once to Redis, and every other worker fans it out to
+its own members.
+
+The offered rate climbs by ``--step`` from ``--start-rate`` messages per
+second; a step is *sustained* when at least 95% of the expected deliveries
+arrive within the measured window and the 99th percentile latency stays under
+``--max-p99-ms``. The ladder stops at the first step that is not. (Open loop,
+on purpose: a sender paced by one acknowledging member would only feel the
+node that member is on.)
 
 Configurations (``--configs``):
 
@@ -14,12 +21,13 @@ Configurations (``--configs``):
 * ``redis1``: one process with ``--redis`` (the backplane's own overhead).
 * ``workers2``, ``workers4``: ``--workers 2`` / ``--workers 4`` with ``--redis``.
 
-Prints deliveries per second (messages received by all members in the
-measured window, divided by its length), messages per second, delivery
-latency, and the CPU used by the servers and by Redis. Run::
+Prints, per step and then the best sustained step per configuration,
+deliveries per second (messages received by all members in the measured
+window, divided by its length), messages per second, delivery latency, and
+the CPU used by the servers and by Redis. Run::
 
-    python benchmarks/cluster.py                  # about a minute
-    python benchmarks/cluster.py --receivers 500 --seconds 10 --json out.json
+    python benchmarks/cluster.py                  # a few minutes
+    python benchmarks/cluster.py --configs single,workers2 --json out.json
 
 The machine's core count bounds what workers can gain: on 2 cores the load
 generator, Redis and the workers share them.
@@ -187,7 +195,7 @@ class Redis:
 
 def start_server(workers: int, redis: Redis | None, tag: str) -> tuple[subprocess.Popen[str], int]:
     command = [sys.executable, "-m", "trioroom", "serve", "--port", "0", "--log-level"]
-    command += ["warning", "--no-root-notices", "--rate-limit", "1000000000"]
+    command += ["error", "--no-root-notices", "--rate-limit", "1000000000"]
     command += ["--rate-burst", "1000000000", "--max-connections-per-address", "1000000"]
     if redis is not None:
         command += ["--redis", redis.url, "--redis-prefix", tag]
@@ -217,13 +225,12 @@ def percentile(buckets: dict[int, float], base: float, q: float) -> float:
     return float(base ** max(buckets))
 
 
-def run_config(name: str, args: argparse.Namespace, redis: Redis) -> dict[str, Any]:
-    workers, with_redis = CONFIGS[name]
-    server, port = start_server(workers, redis if with_redis else None, f"bench-{name}")
-    url = f"ws://127.0.0.1:{port}/ws"
+def run_step(
+    url: str, rate: float, args: argparse.Namespace, pids: list[int], redis: Redis
+) -> dict[str, Any]:
+    """Offer ``rate`` broadcasts per second to the room; measure what arrives."""
     loadgens: list[Loadgen] = []
     try:
-        time.sleep(0.5)
         per = [args.receivers // args.receiver_procs] * args.receiver_procs
         per[0] += args.receivers - sum(per)
         for count in per:
@@ -239,27 +246,24 @@ def run_config(name: str, args: argparse.Namespace, redis: Redis) -> dict[str, A
                     }
                 )
             )
-        for loadgen in loadgens:
-            ready = loadgen.out.expect("ready", 60)
-            if ready.get("failed"):
-                raise RuntimeError(f"receivers failed to connect: {ready}")
-        senders = [
+        interval_ms = 1000 * args.senders / rate
+        loadgens.append(
             Loadgen(
                 {
-                    "role": "fanout_send",
+                    "role": "chat",
                     "url": url,
-                    "room": ROOM,
-                    "window": args.window,
+                    "rooms": [ROOM] * args.senders,
+                    "interval_ms": interval_ms,
                     "payload_size": args.payload,
                     "deadline_s": args.seconds + 120,
                 }
             )
-            for _ in range(args.senders)
-        ]
-        loadgens += senders
-        for sender in senders:
-            sender.out.expect("ready", 60)
-        time.sleep(0.5)  # let the last joins settle on every node
+        )
+        for loadgen in loadgens:
+            ready = loadgen.out.expect("ready", 60)
+            if ready.get("failed"):
+                raise RuntimeError(f"connections failed: {ready}")
+        time.sleep(0.5)  # let the last joins reach every node
         t_start = now_us() + 300_000
         m_start = t_start + args.warmup * 1e6
         m_end = m_start + args.seconds * 1e6
@@ -270,14 +274,12 @@ def run_config(name: str, args: argparse.Namespace, redis: Redis) -> dict[str, A
             "m_end": m_end,
             "t_stop": m_end,
             "drain_ms": 300,
-            "max_drain_ms": 10_000,
+            "max_drain_ms": 5_000,
         }
         for loadgen in loadgens:
             loadgen.send(command)
-        # CPU of the servers and Redis over the measured window.
         while now_us() < m_start:
             time.sleep(0.01)
-        pids = tree(server.pid)
         cpu0 = {pid: cpu_seconds(pid) for pid in pids}
         redis0 = cpu_seconds(redis.process.pid)
         while now_us() < m_end:
@@ -288,15 +290,11 @@ def run_config(name: str, args: argparse.Namespace, redis: Redis) -> dict[str, A
     finally:
         for loadgen in loadgens:
             loadgen.stop()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-    received = sum(r["received_in_window"] for r in results)
-    sent = sum(r.get("sent_in_window", 0) for r in results)
+    receivers, chat = results[:-1], results[-1]
+    sent = sum(chat["sent_by_room"].values())
+    received = sum(r["received_in_window"] for r in receivers)
+    received += sum(chat["recv_by_room"].values())
+    expected = sent * (args.receivers + args.senders - 1)
     buckets: dict[int, float] = {}
     base = 1.02
     for result in results:
@@ -304,23 +302,58 @@ def run_config(name: str, args: argparse.Namespace, redis: Redis) -> dict[str, A
         base = hist.get("base", base)
         for key, value in (hist.get("buckets") or {}).items():
             buckets[int(key)] = buckets.get(int(key), 0.0) + value
+    p99 = percentile(buckets, base, 0.99) / 1000
+    delivered = received / expected if expected else 0.0
+    closed = sum(r.get("closed_early", 0) for r in results)
     return {
-        "config": name,
-        "workers": workers,
-        "redis": with_redis,
-        "receivers": args.receivers,
-        "senders": args.senders,
-        "window": args.window,
-        "seconds": args.seconds,
-        "deliveries_per_s": received / args.seconds,
+        "offered_msgs_per_s": rate,
         "messages_per_s": sent / args.seconds,
+        "deliveries_per_s": received / args.seconds,
+        "delivered_fraction": delivered,
         "latency_p50_ms": percentile(buckets, base, 0.50) / 1000,
-        "latency_p99_ms": percentile(buckets, base, 0.99) / 1000,
+        "latency_p99_ms": p99,
         "server_cpu_pct": 100 * server_cpu / args.seconds,
         "redis_cpu_pct": 100 * redis_cpu / args.seconds,
-        "stalls": sum(r.get("stalls", 0) for r in results),
-        "closed_early": sum(r.get("closed_early", 0) for r in results),
+        "closed_early": closed,
+        "sustained": delivered >= 0.95 and p99 <= args.max_p99_ms and not closed,
     }
+
+
+def run_config(name: str, args: argparse.Namespace, redis: Redis) -> dict[str, Any]:
+    """Climb the rate ladder on one configuration until it stops keeping up."""
+    workers, with_redis = CONFIGS[name]
+    server, port = start_server(workers, redis if with_redis else None, f"bench-{name}")
+    url = f"ws://127.0.0.1:{port}/ws"
+    steps = []
+    try:
+        time.sleep(0.5)
+        pids = tree(server.pid)
+        rate = args.start_rate
+        for _ in range(args.max_steps):
+            step = run_step(url, rate, args, pids, redis)
+            steps.append(step)
+            mark = "ok " if step["sustained"] else "   "
+            print(
+                f"  {name:9} {mark} offered {rate:7,.0f} msg/s -> "
+                f"{step['deliveries_per_s']:>10,.0f} deliveries/s "
+                f"({100 * step['delivered_fraction']:5.1f}%)  "
+                f"p50 {step['latency_p50_ms']:7.1f} ms  p99 {step['latency_p99_ms']:8.1f} ms  "
+                f"server CPU {step['server_cpu_pct']:4.0f}%  redis {step['redis_cpu_pct']:3.0f}%",
+                flush=True,
+            )
+            if not step["sustained"]:
+                break
+            rate *= args.step
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    sustained = [s for s in steps if s["sustained"]]
+    best = max(sustained, key=lambda s: s["deliveries_per_s"]) if sustained else None
+    return {"config": name, "workers": workers, "redis": with_redis, "best": best, "steps": steps}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -328,11 +361,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--configs", default="single,redis1,workers2,workers4")
     parser.add_argument("--receivers", type=int, default=200)
     parser.add_argument("--receiver-procs", type=int, default=2)
-    parser.add_argument("--senders", type=int, default=2)
-    parser.add_argument("--window", type=int, default=16)
+    parser.add_argument("--senders", type=int, default=10)
     parser.add_argument("--payload", type=int, default=64)
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--start-rate", type=float, default=400.0, help="msg/s of the first step")
+    parser.add_argument("--step", type=float, default=1.4, help="rate factor between steps")
+    parser.add_argument("--max-steps", type=int, default=12)
+    parser.add_argument("--max-p99-ms", type=float, default=250.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     for tool in ("node", "redis-server"):
@@ -347,25 +383,30 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print(
         f"# {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; "
-        f"{args.receivers} receivers, {args.senders} senders, window {args.window}, "
-        f"{args.payload}-byte payloads, {args.seconds:g}s measured",
+        f"{args.receivers} receivers + {args.senders} senders in one room, "
+        f"{args.payload}-byte payloads; a step is sustained when >= 95% is delivered "
+        f"with p99 <= {args.max_p99_ms:g} ms",
         flush=True,
     )
     redis = Redis()
     rows = []
     try:
         for name in names:
-            row = run_config(name, args, redis)
-            rows.append(row)
-            print(
-                f"{name:9} deliveries/s {row['deliveries_per_s']:>10,.0f}   "
-                f"messages/s {row['messages_per_s']:>8,.0f}   "
-                f"p50 {row['latency_p50_ms']:6.1f} ms  p99 {row['latency_p99_ms']:7.1f} ms   "
-                f"server CPU {row['server_cpu_pct']:4.0f}%  redis CPU {row['redis_cpu_pct']:3.0f}%",
-                flush=True,
-            )
+            rows.append(run_config(name, args, redis))
     finally:
         redis.stop()
+    print("\nhighest sustained step per configuration:")
+    for row in rows:
+        best = row["best"]
+        if best is None:
+            print(f"{row['config']:9} none sustained")
+            continue
+        print(
+            f"{row['config']:9} deliveries/s {best['deliveries_per_s']:>10,.0f}   "
+            f"messages/s {best['messages_per_s']:>7,.0f}   p99 {best['latency_p99_ms']:6.1f} ms   "
+            f"server CPU {best['server_cpu_pct']:4.0f}%  redis CPU {best['redis_cpu_pct']:3.0f}%",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -144,6 +144,7 @@ async def start_cluster(
         *,
         url: str | None = None,
         servers: list[Server] | None = None,
+        reconcile_interval: float = 30.0,
         **settings: Any,
     ) -> list[Node]:
         nodes = []
@@ -154,6 +155,7 @@ async def start_cluster(
                 node_ttl=NODE_TTL * 2,
                 op_timeout=2.0,
                 reconnect_max=0.5,
+                reconcile_interval=reconcile_interval,
             )
             if servers is not None:
                 server = servers[i]
@@ -476,6 +478,29 @@ async def test_disconnects_leave_no_membership_in_redis(
         return keys == expected
 
     await eventually(empty)
+
+
+async def test_reconcile_repairs_membership_drift(
+    start_cluster: StartCluster, redis: Any, prefix: str
+) -> None:
+    (n0,) = await start_cluster(1, root_notices=False, reconcile_interval=0.2)
+    a = await n0.connect()
+    await a.join("lobby")
+    node = n0.backplane.node_id
+    # Redis lists a member this node does not have; the node lists one the
+    # server does not have (as after a leave that timed out).
+    await redis.hset(f"{prefix}:members:lobby", {"ghost-1": node})
+    await redis.sadd(f"{prefix}:nodemembers:{node}", ["lobby\0ghost-1"])
+    await redis.hincrby(f"{prefix}:rooms", "lobby", 1)
+    await n0.backplane.joined("lobby", "ghost-2")
+
+    async def repaired() -> bool:
+        listed = await redis.hgetall(f"{prefix}:members:lobby")
+        return listed == {a.id: node}
+
+    await eventually(repaired)
+    assert int((await redis.hgetall(f"{prefix}:rooms"))["lobby"]) == 1
+    assert await n0.server.members("lobby") == [a.id]
 
 
 # -- faults --------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=argparse.SUPPRESS,
         help="liveness key lifetime: the members of a process that died without cleanup "
-        "are removed about 1.5x this later [env TRIOROOM_NODE_TTL; default 10]",
+        "are removed at most about 1.6x this later [env TRIOROOM_NODE_TTL; default 10]",
     )
     group.add_argument(
         "--workers",

@@ -179,7 +179,7 @@ class RedisBackplane(Backplane):
         node_ttl: Lifetime of this node's liveness key, refreshed every third
             of it. Other nodes remove the members of a node whose key expired,
             so a node killed without cleanup is noticed within about
-            ``1.5 * node_ttl``.
+            ``1.6 * node_ttl``.
         op_timeout: Bound on each Redis operation. A membership change
             waiting longer goes on without Redis (counted as an error).
         reconnect_max: Longest pause between two reconnection attempts.
@@ -246,6 +246,8 @@ class RedisBackplane(Backplane):
         # Local membership as last told to Redis: room -> conn IDs.
         self._local: dict[str, set[str]] = {}
         self._conn_rooms: Counter[str] = Counter()
+        # Local memberships the server did not have at the last reconcile.
+        self._stale: set[tuple[str, str]] = set()
         # Subscribed channels -> acknowledgement, and channel -> room.
         self._subs: dict[bytes, trio.Event] = {}
         self._channel_rooms: dict[bytes, str] = {}
@@ -699,8 +701,9 @@ class RedisBackplane(Backplane):
             op.failed = True
             if op.event is not None:
                 op.event.set()
-        if dropped:
-            self._fail("queued cross-node sends", dropped)
+        if dropped and self._server is not None:
+            # Counted, not logged: losing the connection was logged already.
+            self._server.metrics.backplane_errors += dropped
 
     def _resync(self, remote_entries: set[bytes], remote_conns: set[bytes]) -> None:
         """Make Redis and the subscriptions match local membership (no checkpoint).
@@ -710,18 +713,22 @@ class RedisBackplane(Backplane):
         ordered queue, ahead of any join or leave that follows.
         """
         server = self.server
-        # Memberships the server removed without telling us (a leave that
-        # timed out) are dropped here.
+        # Memberships the server no longer has (a leave that timed out, a
+        # join cancelled after it was registered) are dropped, once seen on
+        # two reconciles in a row: a join in progress is registered here
+        # before the server adds the member.
         actual = server.local_rooms_of()
-        for room in list(self._local):
-            present = actual.get(room)
+        stale: set[tuple[str, str]] = set()
+        for room, members in self._local.items():
+            present = actual.get(room, ())
+            stale.update((room, conn_id) for conn_id in members.difference(present))
+        for room, conn_id in stale & self._stale:
             members = self._local[room]
-            stale = members.difference(present or ())
-            for conn_id in stale:
-                members.discard(conn_id)
-                self._forget_conn_room(conn_id)
+            members.discard(conn_id)
+            self._forget_conn_room(conn_id)
             if not members:
                 del self._local[room]
+        self._stale = stale - self._stale
         entries: dict[bytes, tuple[str, str]] = {}
         for room, members in self._local.items():
             room_b = room.encode()
