@@ -56,7 +56,7 @@ from .metrics import Metrics
 from .protocol import RESERVED_EVENTS, FrameError, Message, encode, member_list_payload
 from .rooms import RoomRegistry
 from .settings import Settings
-from .transport import RECEIVE_SIZE, StreamTransport
+from .transport import RECEIVE_SIZE, StreamTransport, close_stream
 from .wsframe import binary_frame, frame_payload
 
 __all__ = [
@@ -327,34 +327,36 @@ class Server:
             if not registered:
                 self._handshaking -= 1
             with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(stream)
+                await close_stream(stream)
 
     async def _open(
         self, stream: trio.abc.Stream, protocol: ServerProtocol, remote: str | None
     ) -> Connection | None:
-        """The opening handshake: a Connection once the 101 is sent, else ``None``."""
-        ws_request: WsRequest | None = None
+        """The opening handshake: a Connection once the 101 is sent, else ``None``.
+
+        One deadline, ``handshake_timeout``, covers all of it: reading the
+        request, deciding (``authorize`` included) and sending the answer.
+        """
         with trio.move_on_after(self.settings.handshake_timeout) as deadline:
             ws_request = await _read_request(stream, protocol)
-        if ws_request is None:
-            if deadline.cancelled_caught:
-                self.metrics.handshakes_rejected[408] += 1
-                logger.debug("handshake from %s timed out", remote)
-            return None
-        request = Request(ws_request.path, ws_request.headers, remote)
-        response, claims = await self._negotiate(request, ws_request, protocol)
-        accepted = response.status_code == 101
-        if not accepted and claims is not _PLAIN_HTTP:
-            self.metrics.handshakes_rejected[response.status_code] += 1
-        protocol.send_response(response)
-        data = b"".join(protocol.data_to_send())
-        with trio.move_on_after(self.settings.handshake_timeout):
-            await stream.send_all(data)
-            if accepted:
-                conn = Connection(self, str(uuid.uuid4()), request, claims)
-                if remote is not None:
-                    self._per_address[remote] += 1
-                return conn
+            if ws_request is None:
+                return None
+            request = Request(ws_request.path, ws_request.headers, remote)
+            response, claims = await self._negotiate(request, ws_request, protocol)
+            accepted = response.status_code == 101
+            if not accepted and claims is not _PLAIN_HTTP:
+                self.metrics.handshakes_rejected[response.status_code] += 1
+            protocol.send_response(response)
+            await stream.send_all(b"".join(protocol.data_to_send()))
+            if not accepted:
+                return None
+            conn = Connection(self, str(uuid.uuid4()), request, claims)
+            if remote is not None:
+                self._per_address[remote] += 1
+            return conn
+        if deadline.cancelled_caught:
+            self.metrics.handshakes_rejected[408] += 1
+            logger.debug("handshake from %s timed out", remote)
         return None
 
     async def _negotiate(
@@ -568,13 +570,13 @@ class Server:
             # Cancelled before registration finished.
             self._handshaking -= 1
         self._release_address(conn.remote_address)
-        for name in reversed(list(conn._rooms)):  # root last
-            with trio.move_on_after(self.settings.close_timeout) as scope:
+        with trio.move_on_after(self.settings.close_timeout):
+            for name in reversed(list(conn._rooms)):  # root last
                 await self._leave(conn, name, ack=False)
-            if scope.cancelled_caught:
-                # A room lock is stuck (e.g. a backplane call hanging): remove
-                # the membership without it rather than leak it.
-                self._force_leave(conn, name)
+        for name in list(conn._rooms):
+            # A room lock is stuck (e.g. a backplane call hanging): remove the
+            # membership without it rather than leak it.
+            self._force_leave(conn, name)
 
     def _release_address(self, remote: str | None) -> None:
         if remote is not None:

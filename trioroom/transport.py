@@ -22,7 +22,16 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-__all__ = ["StreamTransport"]
+__all__ = ["StreamTransport", "close_stream"]
+
+
+async def close_stream(stream: trio.abc.Stream) -> None:
+    """Close without waiting for anything; a plain socket closes synchronously."""
+    if isinstance(stream, trio.SocketStream):
+        stream.socket.close()
+    else:
+        await trio.aclose_forcefully(stream)
+
 
 RECEIVE_SIZE = 65536
 #: Control frames (pongs) allowed to wait for the writer. A peer that sends
@@ -164,7 +173,7 @@ class StreamTransport:
             protocol.send_close(code, reason)
         closing = [chunk for chunk in protocol.data_to_send() if chunk]
         if self._mid_write:
-            await trio.aclose_forcefully(self._stream)
+            await close_stream(self._stream)
             return
         try:
             # The close frame comes last: nothing may follow it.
@@ -186,4 +195,4 @@ class StreamTransport:
                 protocol.data_to_send()
         finally:
             self._ended = True
-            await trio.aclose_forcefully(self._stream)
+            await close_stream(self._stream)
