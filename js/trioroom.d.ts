@@ -8,10 +8,54 @@ export { json, text } from "./utf8.js";
 export type { ReconnectOptions } from "./backoff.js";
 
 /** Events only the client emits; never sent or accepted on the wire. */
-export type LocalEvent = "open" | "close" | "error" | "reconnecting" | "reconnect_failed";
+export type LocalEvent =
+    | "open"
+    | "close"
+    | "error"
+    | "reconnecting"
+    | "reconnect_failed"
+    | "resumed"
+    | "resume_failed";
 export declare const LOCAL_EVENTS: readonly LocalEvent[];
-/** Names `send` refuses: the protocol's reserved ones and the local ones. */
+/** Names `send` refuses: the protocol's reserved ones and the local ones (and any starting with `trioroom.`). */
 export declare const REFUSED_EVENTS: readonly string[];
+
+/** The WebSocket subprotocol of the extension. */
+export declare const EXTENSION_PROTOCOL: "trioroom.v1";
+/** Event names with this prefix belong to the extension. */
+export declare const EXTENSION_PREFIX: "trioroom.";
+
+/** The extension's options and their defaults. */
+export interface ExtensionOptions {
+    /** Offer the `trioroom.v1` subprotocol (default true); false speaks the plain protocol only. */
+    extension?: boolean;
+    /** Acknowledge received frames after this many (default 64). */
+    ackEvery?: number;
+    /** ...and at least this often, ms (default 5000; Infinity: no timer). */
+    ackInterval?: number;
+    /** Default timeout of `request()`, ms (default 10000; Infinity: none). */
+    requestTimeout?: number;
+}
+export declare const EXTENSION_DEFAULTS: Readonly<Required<ExtensionOptions>>;
+
+/** `url` with `resume=<token>&last=<count>` in its query; other parameters are kept as they are. */
+export declare function resumeUrl(url: string, token: string, last: number): string;
+
+/** Why a resume failed: the server's reason, or the client's own. */
+export type ResumeFailure =
+    | "expired"
+    | "buffer_overflow"
+    | "unknown_token"
+    | "identity_mismatch"
+    | "closed"
+    | "kicked"
+    | "server_shutdown"
+    | "bad_request"
+    /** The server no longer selected the extension. */
+    | "unsupported"
+    /** The server answered the resume with something else. */
+    | "unanswered"
+    | (string & {});
 
 /** The server broke the protocol (e.g. sent an event only clients send). */
 export declare class ProtocolError extends Error {
@@ -20,16 +64,68 @@ export declare class ProtocolError extends Error {
     readonly frame?: Frame;
 }
 
-/** `ready(timeout)` or `joined(timeout)` ran out of time. */
+/** `ready(timeout)`, `joined(timeout)` or `request()` ran out of time. */
 export declare class TimeoutError extends Error {
     constructor(message: string);
     readonly name: "TimeoutError";
+    readonly code: "timeout";
+    /** For a request: its event and room. */
+    event?: string;
+    room?: string;
+}
+
+/** Codes of `trioroom.error` (a handler's `RequestError` may use its own). */
+export type ServerErrorCode =
+    | "join_refused"
+    | "rate_limited"
+    | "message_too_big"
+    | "malformed"
+    | "not_a_member"
+    | "unknown_destination"
+    | "handler_error"
+    | "timeout"
+    | (string & {});
+
+/** What the server reported with `trioroom.error`: a request's rejection or an `error` event. */
+export declare class ServerError extends Error {
+    constructor(code: string, message: string, details?: { event?: string; room?: string; frame?: Frame });
+    readonly name: "ServerError";
+    readonly code: ServerErrorCode;
+    /** The event concerned ("join" for a refused join), or "". */
+    readonly event: string;
+    /** The room of the frame. */
+    readonly room: string;
+    readonly frame?: Frame;
+}
+
+/** A request the client could not complete. */
+export declare class RequestError extends Error {
+    constructor(code: string, message: string, details?: { event?: string; room?: string });
+    readonly name: "RequestError";
+    readonly code: "not_open" | "unsupported" | "disconnected" | "closed";
+    readonly event: string;
+    readonly room: string;
+}
+
+/** The answer to `request()`: the reply's payload bytes. */
+export declare class Reply extends Uint8Array<ArrayBuffer> {
+    /** The payload as UTF-8 text. */
+    text(): string;
+    /** The payload as JSON. */
+    json<T = any>(): T;
+}
+
+export interface RequestOptions {
+    /** ms; default the client's `requestTimeout`. */
+    timeout?: number;
+    /** Send to this member only (a direct message). */
+    dst?: string;
 }
 
 /** A WebSocket constructor: the browser's, or `WebSocket` from the `ws` package on Node. */
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => unknown;
 
-export interface TrioroomOptions extends ReconnectOptions {
+export interface TrioroomOptions extends ReconnectOptions, ExtensionOptions {
     /** Default `globalThis.WebSocket`; Node 20 has none, pass the `ws` package's. */
     WebSocket?: WebSocketConstructor;
     /** Subprotocols for the handshake. */
@@ -50,6 +146,12 @@ export interface Room {
     leave(): this;
     /** Send `event` to the other members, or only to the member `dst`. Throws for reserved names or when not open. */
     send(event: string, payload?: Payload, dst?: string): this;
+    /**
+     * Send `event` and wait for the server's answer (`trioroom.v1`): resolves
+     * with the reply's payload, rejects with a {@link ServerError} (the
+     * server's code), a {@link TimeoutError} or a {@link RequestError}.
+     */
+    request(event: string, payload?: Payload, options?: RequestOptions): Promise<Reply>;
     /** Whether the room is joined and the connection is up. */
     open(): boolean;
     /** A copy of the member IDs, this client's included. */
@@ -97,18 +199,24 @@ export interface RootRoom extends Room {
     purge(): this;
     /** The joined rooms by name, the root included. */
     rooms(): Readonly<Record<string, Room>>;
+    /** Whether the current connection uses the `trioroom.v1` extension. */
+    extended(): boolean;
 
     on(event: "open" | "close", listener: (this: Room) => void): this;
     on(event: "new_member" | "member_left", listener: (this: Room, memberId: string) => void): this;
     on(event: "error", listener: (this: Room, error: Error) => void): this;
     on(event: "reconnecting", listener: (this: Room, attempt: number, delayMs: number) => void): this;
     on(event: "reconnect_failed", listener: (this: Room, attempts: number) => void): this;
+    on(event: "resumed", listener: (this: Room, replayed: number) => void): this;
+    on(event: "resume_failed", listener: (this: Room, reason: ResumeFailure) => void): this;
     on(event: string, listener: MessageListener): this;
     once(event: "open" | "close", listener: (this: Room) => void): this;
     once(event: "new_member" | "member_left", listener: (this: Room, memberId: string) => void): this;
     once(event: "error", listener: (this: Room, error: Error) => void): this;
     once(event: "reconnecting", listener: (this: Room, attempt: number, delayMs: number) => void): this;
     once(event: "reconnect_failed", listener: (this: Room, attempts: number) => void): this;
+    once(event: "resumed", listener: (this: Room, replayed: number) => void): this;
+    once(event: "resume_failed", listener: (this: Room, reason: ResumeFailure) => void): this;
     once(event: string, listener: MessageListener): this;
 }
 

@@ -5,6 +5,12 @@
  * rooms have `join`, `leave`, `send`, `open`, `members`, `id`, `on`), without
  * its bugs, plus automatic reconnection and promise helpers.
  *
+ * Against a trioroom server the client also speaks the `trioroom.v1`
+ * extension (docs/protocol.md): a dropped connection is resumed with the same
+ * ID and rooms and without losing a message, `room.request()` gets the
+ * server's answer, and the server's complaints arrive as `error` events.
+ * Against a plain wsrooms server it speaks the plain protocol.
+ *
  * @module trioroom
  */
 
@@ -18,7 +24,7 @@ import {
     ROOT_ROOM,
 } from "./codec.js";
 import { createEmitter, rethrowLater } from "./emitter.js";
-import { describe, encodeUtf8, isArrayBuffer } from "./utf8.js";
+import { decodeUtf8, describe, encodeUtf8, isArrayBuffer, json, text } from "./utf8.js";
 
 export { FrameError, RESERVED_EVENTS, ROOT_ROOM } from "./codec.js";
 export { json, text } from "./utf8.js";
@@ -27,10 +33,47 @@ export { json, text } from "./utf8.js";
  * Events that only this client emits, never sent on the wire. A frame that
  * arrives with one of these names is refused, so no peer can fake them.
  */
-export const LOCAL_EVENTS = Object.freeze(["open", "close", "error", "reconnecting", "reconnect_failed"]);
+export const LOCAL_EVENTS = Object.freeze([
+    "open",
+    "close",
+    "error",
+    "reconnecting",
+    "reconnect_failed",
+    "resumed",
+    "resume_failed",
+]);
 
 /** Event names `send` refuses: the protocol's reserved names and the local ones. */
 export const REFUSED_EVENTS = Object.freeze(Array.from(new Set(RESERVED_EVENTS.concat(LOCAL_EVENTS))));
+
+/** The WebSocket subprotocol of the extension. */
+export const EXTENSION_PROTOCOL = "trioroom.v1";
+
+/** Events whose names start with this belong to the extension; `send` refuses them. */
+export const EXTENSION_PREFIX = "trioroom.";
+
+/** Defaults of the extension's options of {@link trioroom}. */
+export const EXTENSION_DEFAULTS = Object.freeze({
+    extension: true,
+    ackEvery: 64,
+    ackInterval: 5000,
+    requestTimeout: 10000,
+});
+
+const SESSION = "trioroom.session";
+const RESUMED = "trioroom.resumed";
+const NOT_RESUMED = "trioroom.not_resumed";
+const ACK = "trioroom.ack";
+const REPLY = "trioroom.reply";
+const ERROR = "trioroom.error";
+/** Frames about the socket rather than the session: the server does not number them. */
+const UNNUMBERED = Object.freeze([SESSION, RESUMED, NOT_RESUMED]);
+/**
+ * Close codes after which the server keeps an extended session for a
+ * resume: no close frame (the network dropped, 1006) and the server's
+ * heartbeat or write timeout (1011). Any other code ends the session.
+ */
+const RESUMABLE_CLOSE_CODES = Object.freeze([1006, 1011]);
 
 // readyState values are fixed by the WebSocket standard; ws and browsers share them.
 const WS_OPEN = 1;
@@ -53,12 +96,74 @@ export class ProtocolError extends Error {
 }
 
 /**
- * A promise helper (`ready`, `joined`) ran out of time.
+ * A promise helper (`ready`, `joined`, `request`) ran out of time. Its
+ * `code` is `"timeout"`, like the server's own request timeouts.
  */
 export class TimeoutError extends Error {
     constructor(message) {
         super(message);
         this.name = "TimeoutError";
+        this.code = "timeout";
+    }
+}
+
+/**
+ * What the server reported with a `trioroom.error` frame: the rejection of a
+ * `request()`, a refused join, a rate limit, ... `code` is the server's code
+ * (`join_refused`, `rate_limited`, `message_too_big`, `malformed`,
+ * `not_a_member`, `unknown_destination`, `handler_error`, `timeout`, or a
+ * handler's own), `event` the event concerned, `room` the frame's room.
+ */
+export class ServerError extends Error {
+    /**
+     * @param {string} code
+     * @param {string} message
+     * @param {{event?: string, room?: string, frame?: object}} [details]
+     */
+    constructor(code, message, details = {}) {
+        super(message);
+        this.name = "ServerError";
+        this.code = code;
+        this.event = details.event === undefined ? "" : details.event;
+        this.room = details.room === undefined ? "" : details.room;
+        this.frame = details.frame;
+    }
+}
+
+/**
+ * A `request()` that the client could not complete: `code` is `not_open`
+ * (the room is not open), `unsupported` (the connection does not use the
+ * extension), `disconnected` (the connection was lost for good before the
+ * answer) or `closed` (the client was closed).
+ */
+export class RequestError extends Error {
+    /**
+     * @param {string} code
+     * @param {string} message
+     * @param {{event?: string, room?: string}} [details]
+     */
+    constructor(code, message, details = {}) {
+        super(message);
+        this.name = "RequestError";
+        this.code = code;
+        this.event = details.event === undefined ? "" : details.event;
+        this.room = details.room === undefined ? "" : details.room;
+    }
+}
+
+/**
+ * The answer to a `request()`: the reply's payload bytes, with helpers to
+ * read them.
+ */
+export class Reply extends Uint8Array {
+    /** The payload as UTF-8 text. */
+    text() {
+        return text(this);
+    }
+
+    /** The payload as JSON. */
+    json() {
+        return json(this);
     }
 }
 
@@ -74,6 +179,10 @@ export class TimeoutError extends Error {
  * @param {Function} [options.WebSocket] WebSocket constructor; default `globalThis.WebSocket`
  *     (Node 20 has none: pass `WebSocket` from the `ws` package)
  * @param {string | string[]} [options.protocols] subprotocols for the WebSocket handshake
+ * @param {boolean} [options.extension=true] offer the `trioroom.v1` extension; false speaks the plain protocol only
+ * @param {number} [options.ackEvery=64] acknowledge after this many frames (extension)
+ * @param {number} [options.ackInterval=5000] and at least this often, ms (extension)
+ * @param {number} [options.requestTimeout=10000] default timeout of `request()`, ms
  * @param {boolean} [options.reconnect=true] reconnect after the connection drops
  * @param {number} [options.reconnectDelay=500] ms before the first reconnect attempt
  * @param {number} [options.reconnectMaxDelay=10000] ceiling of the doubling delay, ms
@@ -96,37 +205,123 @@ export function trioroom(url, options = {}) {
                 "(on Node 20: import { WebSocket } from \"ws\")",
         );
     }
-    return createClient(String(url), WebSocketImpl, options.protocols, reconnectOptions(options));
+    const extension = extensionOptions(options);
+    const protocols = handshakeProtocols(options.protocols, extension.extension);
+    return createClient(String(url), WebSocketImpl, protocols, reconnectOptions(options), extension);
 }
 
 export default trioroom;
 
+/** Check and complete the extension's options. */
+function extensionOptions(options) {
+    const merged = Object.assign({}, EXTENSION_DEFAULTS);
+    Object.keys(EXTENSION_DEFAULTS).forEach(function (name) {
+        if (options[name] !== undefined) {
+            merged[name] = options[name];
+        }
+    });
+    if (typeof merged.extension !== "boolean") {
+        throw new TypeError("option extension must be a boolean");
+    }
+    if (!(Number.isInteger(merged.ackEvery) && merged.ackEvery >= 1)) {
+        throw new RangeError("option ackEvery must be an integer >= 1");
+    }
+    if (typeof merged.ackInterval !== "number" || !(merged.ackInterval > 0)) {
+        throw new RangeError("option ackInterval must be a number of milliseconds > 0 (Infinity: no timer)");
+    }
+    checkTimeout(merged.requestTimeout, "option requestTimeout");
+    return merged;
+}
+
+function checkTimeout(value, what) {
+    if (typeof value !== "number" || !(value >= 0)) {
+        throw new RangeError(what + " must be a number of milliseconds >= 0 (Infinity: none)");
+    }
+}
+
+/** The subprotocols to offer: the caller's, plus the extension's unless it is off. */
+function handshakeProtocols(protocols, extension) {
+    if (protocols !== undefined && typeof protocols !== "string" && !Array.isArray(protocols)) {
+        throw new TypeError("option protocols must be a string or an array of strings, got " + describe(protocols));
+    }
+    const offered = protocols === undefined ? [] : [].concat(protocols);
+    if (!extension) {
+        if (offered.includes(EXTENSION_PROTOCOL)) {
+            throw new TypeError("option protocols offers " + EXTENSION_PROTOCOL + " but option extension is false");
+        }
+        // Exactly what the caller gave: the plain client's handshake.
+        return protocols;
+    }
+    if (!offered.includes(EXTENSION_PROTOCOL)) {
+        offered.push(EXTENSION_PROTOCOL);
+    }
+    return offered;
+}
+
+/**
+ * `url` with `resume=<token>&last=<count>` in its query, every other
+ * parameter kept as it was (an earlier `resume` or `last` is replaced).
+ */
+export function resumeUrl(url, token, last) {
+    const hashAt = url.indexOf("#");
+    const base = hashAt === -1 ? url : url.slice(0, hashAt);
+    const queryAt = base.indexOf("?");
+    const path = queryAt === -1 ? base : base.slice(0, queryAt);
+    const kept = queryAt === -1
+        ? []
+        : base.slice(queryAt + 1).split("&").filter(function (part) {
+            const key = part.split("=")[0];
+            return part !== "" && key !== "resume" && key !== "last";
+        });
+    kept.push("resume=" + encodeURIComponent(token), "last=" + String(last));
+    return path + "?" + kept.join("&");
+}
+
 /**
  * All the state of one connection. Nothing is shared between clients.
  */
-function createClient(url, WebSocketImpl, protocols, settings) {
+function createClient(url, WebSocketImpl, protocols, settings, ext) {
     /** Registered rooms by name; the root is always there. */
     const rooms = new Map();
     let socket = null;
-    // Counts sockets, so a room knows whether its join went out on the current one.
-    let generation = 0;
+    // Counts server-side connections: a room knows whether its join went out
+    // on the current one. A resumed session keeps its epoch.
+    let epoch = 0;
     let clientId = "";
     let failedAttempts = 0;
     let reconnectTimer = null;
     let closedError = null;
 
+    // The trioroom.v1 extension.
+    /** The current socket negotiated the extension. */
+    let extended = false;
+    /** The resumable session: {token, resumeWindow, id}, or null. */
+    let session = null;
+    /** Numbered frames received on the session, and the count last acknowledged. */
+    let received = 0;
+    let acked = 0;
+    let ackTimer = null;
+    /** The socket dropped; the session waits for a resume (the current socket, if any, asks for it). */
+    let suspended = false;
+    let lastRef = 0;
+    /** Requests waiting for their answer, by ref. */
+    const requests = new Map();
+
     const rootState = createRoom(ROOT_ROOM);
     openSocket({ throwOnFailure: true });
     return rootState.room;
 
-    function socketIsOpen() {
-        return socket !== null && socket.readyState === WS_OPEN;
+    /** The socket is open and the session usable: frames can be sent. */
+    function connected() {
+        return socket !== null && socket.readyState === WS_OPEN && !suspended;
     }
 
     function openSocket({ throwOnFailure }) {
+        const resume = suspended && session !== null;
+        const target = resume ? resumeUrl(url, session.token, received) : url;
         let candidate;
         try {
-            candidate = protocols === undefined ? new WebSocketImpl(url) : new WebSocketImpl(url, protocols);
+            candidate = protocols === undefined ? new WebSocketImpl(target) : new WebSocketImpl(target, protocols);
         } catch (error) {
             // A bad URL is the caller's mistake: say so at once rather than retry forever.
             if (throwOnFailure) {
@@ -136,18 +331,26 @@ function createClient(url, WebSocketImpl, protocols, settings) {
             scheduleReconnect();
             return;
         }
-        generation += 1;
+        if (!resume) {
+            epoch += 1;
+        }
         socket = candidate;
+        extended = false;
         candidate.binaryType = "arraybuffer";
         const isCurrent = () => socket === candidate;
+        candidate.addEventListener("open", function () {
+            if (isCurrent()) {
+                onSocketOpen(candidate);
+            }
+        });
         candidate.addEventListener("message", function (event) {
             if (isCurrent()) {
                 onMessage(event.data);
             }
         });
-        candidate.addEventListener("close", function () {
+        candidate.addEventListener("close", function (event) {
             if (isCurrent()) {
-                onSocketClose();
+                onSocketClose(event);
             }
         });
         candidate.addEventListener("error", function (event) {
@@ -160,6 +363,14 @@ function createClient(url, WebSocketImpl, protocols, settings) {
         });
     }
 
+    function onSocketOpen(candidate) {
+        extended = ext.extension && candidate.protocol === EXTENSION_PROTOCOL;
+        if (suspended && !extended) {
+            // The server no longer speaks the extension: this is a fresh plain connection.
+            endSession("unsupported");
+        }
+    }
+
     function onMessage(data) {
         let bytes;
         if (typeof data === "string") {
@@ -168,6 +379,7 @@ function createClient(url, WebSocketImpl, protocols, settings) {
         } else if (ArrayBuffer.isView(data) || isArrayBuffer(data)) {
             bytes = data;
         } else {
+            countFrame();
             reportError(
                 rootState,
                 new TypeError("cannot read a message of type " + describe(data) + "; binaryType must be \"arraybuffer\""),
@@ -178,7 +390,38 @@ function createClient(url, WebSocketImpl, protocols, settings) {
         try {
             frame = decodeFrame(bytes);
         } catch (error) {
+            // The server numbered it all the same.
+            countFrame();
             reportError(rootState, error);
+            return;
+        }
+        // Only the server sends frames with an empty src; a peer's always carry its ID.
+        const fromServer = extended && frame.src === "";
+        const unnumbered = fromServer && UNNUMBERED.includes(frame.event);
+        if (suspended) {
+            // The first frame of a resume attempt answers it.
+            if (unnumbered && frame.event === RESUMED) {
+                onResumed(frame);
+                return;
+            }
+            if (unnumbered && frame.event === NOT_RESUMED) {
+                onNotResumed(frame);
+                return;
+            }
+            reportError(rootState, new ProtocolError("the server did not answer the resume request", frame));
+            endSession("unanswered");
+        }
+        if (unnumbered) {
+            if (frame.event === SESSION) {
+                onSession(frame);
+            } else {
+                reportError(rootState, new ProtocolError("unexpected '" + frame.event + "'", frame));
+            }
+            return;
+        }
+        countFrame();
+        if (fromServer && frame.event.startsWith(EXTENSION_PREFIX)) {
+            onExtensionEvent(frame);
             return;
         }
         const state = rooms.get(frame.room);
@@ -203,7 +446,7 @@ function createClient(url, WebSocketImpl, protocols, settings) {
                 onLeaveAck(state);
                 break;
             default:
-                if (REFUSED_EVENTS.includes(frame.event)) {
+                if (REFUSED_EVENTS.includes(frame.event) || frame.event.startsWith(EXTENSION_PREFIX)) {
                     reportError(
                         state,
                         new ProtocolError("received event '" + frame.event + "', which clients never receive", frame),
@@ -227,6 +470,7 @@ function createClient(url, WebSocketImpl, protocols, settings) {
             reportError(state, new ProtocolError("join_ack for room '" + state.name + "' has an empty src", frame));
             return;
         }
+        state.joinPending = false;
         if (state === rootState) {
             clientId = frame.src;
             failedAttempts = 0;
@@ -288,11 +532,245 @@ function createClient(url, WebSocketImpl, protocols, settings) {
         finalizeLeft(state, new Error("left room '" + state.name + "'"));
     }
 
-    function onSocketClose() {
+    // -- the trioroom.v1 extension -----------------------------------------------
+
+    /** One more numbered frame of the session; acknowledge every `ackEvery`. */
+    function countFrame() {
+        if (session === null || suspended) {
+            return;
+        }
+        received += 1;
+        if (received - acked >= ext.ackEvery) {
+            sendAck();
+        }
+    }
+
+    function sendAck() {
+        if (session !== null && extended && connected() && received > acked) {
+            acked = received;
+            sendFrame({ room: ROOT_ROOM, event: ACK, dst: "", src: "", payload: String(received) });
+        }
+    }
+
+    function startAckTimer() {
+        stopAckTimer();
+        if (ext.ackInterval !== Infinity) {
+            ackTimer = setInterval(sendAck, ext.ackInterval);
+            // The socket keeps a Node process alive, not this timer.
+            if (typeof ackTimer === "object" && ackTimer !== null && typeof ackTimer.unref === "function") {
+                ackTimer.unref();
+            }
+        }
+    }
+
+    function stopAckTimer() {
+        if (ackTimer !== null) {
+            clearInterval(ackTimer);
+            ackTimer = null;
+        }
+    }
+
+    function readJson(frame) {
+        try {
+            const body = JSON.parse(decodeUtf8(frame.payload, { fatal: true }));
+            if (body !== null && typeof body === "object" && !Array.isArray(body)) {
+                return body;
+            }
+        } catch {
+            // Reported below.
+        }
+        reportError(rootState, new ProtocolError("'" + frame.event + "' carries no JSON object", frame));
+        return null;
+    }
+
+    function onSession(frame) {
+        const body = readJson(frame);
+        if (body === null) {
+            return;
+        }
+        if (typeof body.token !== "string" || body.token === "") {
+            reportError(rootState, new ProtocolError("trioroom.session without a token", frame));
+            return;
+        }
+        session = {
+            token: body.token,
+            resumeWindow: typeof body.resume_window === "number" ? body.resume_window : 0,
+            id: typeof body.id === "string" ? body.id : "",
+        };
+        received = 0;
+        acked = 0;
+        startAckTimer();
+    }
+
+    function onResumed(frame) {
+        const body = readJson(frame) || {};
+        const replayed = typeof body.replayed === "number" ? body.replayed : 0;
+        suspended = false;
+        failedAttempts = 0;
+        // The server took `last` as an acknowledgement.
+        acked = received;
+        startAckTimer();
+        // Frames sent just before the drop may be lost: joins and leaves in
+        // flight go again (the server treats a repeated one as a no-op).
+        rooms.forEach(function (state) {
+            if (state === rootState) {
+                return;
+            }
+            if (state.wanted) {
+                if (!state.isOpen || state.joinPending || state.pendingLeaves > 0) {
+                    state.joinGeneration = 0;
+                    sendJoinIfConnected(state);
+                }
+            } else if (state.leaveDeferred || state.pendingLeaves > 0) {
+                state.leaveDeferred = false;
+                sendLeave(state);
+            }
+        });
+        rootState.emitter.emit("resumed", replayed);
+        rooms.forEach(function (state) {
+            if (state.isOpen && state.wanted) {
+                settleWaiters(state, null);
+            }
+        });
+    }
+
+    function onNotResumed(frame) {
+        const body = readJson(frame) || {};
+        endSession(typeof body.reason === "string" ? body.reason : "unknown");
+    }
+
+    /**
+     * The suspended session cannot be resumed: say why, and close the rooms
+     * as after a plain disconnect. The fresh connection then opens the root
+     * and joins the rooms again.
+     */
+    function endSession(reason) {
+        suspended = false;
+        session = null;
+        received = 0;
+        acked = 0;
+        epoch += 1;
+        rootState.emitter.emit("resume_failed", reason);
+        connectionLost();
+    }
+
+    /** A `trioroom.reply` or `trioroom.error` from the server. */
+    function onExtensionEvent(frame) {
+        if (frame.event !== REPLY && frame.event !== ERROR) {
+            // A later version's event: nothing for this client.
+            return;
+        }
+        const ref = frame.dst.startsWith("?") ? frame.dst.slice(1) : null;
+        const pending = ref === null ? undefined : requests.get(ref);
+        if (ref !== null && pending === undefined) {
+            // The answer to a request that timed out.
+            return;
+        }
+        if (pending !== undefined) {
+            requests.delete(ref);
+            if (pending.timer !== null) {
+                clearTimeout(pending.timer);
+            }
+        }
+        if (frame.event === REPLY) {
+            if (pending !== undefined) {
+                pending.resolve(new Reply(frame.payload.buffer, frame.payload.byteOffset, frame.payload.byteLength));
+            }
+            return;
+        }
+        const error = serverError(frame);
+        if (pending !== undefined) {
+            pending.reject(error);
+            return;
+        }
+        const state = rooms.get(frame.room);
+        if (
+            state !== undefined &&
+            state !== rootState &&
+            error.event === "join" &&
+            error.code === "join_refused" &&
+            state.wanted &&
+            state.joinPending
+        ) {
+            // The answer to this room's join: it will not open.
+            state.joinPending = false;
+            reportError(state, error);
+            if (!state.isOpen) {
+                finalizeLeft(state, error);
+            }
+            return;
+        }
+        reportError(state === undefined ? rootState : state, error);
+    }
+
+    function serverError(frame) {
+        let body = null;
+        try {
+            body = JSON.parse(decodeUtf8(frame.payload, { fatal: true }));
+        } catch {
+            body = null;
+        }
+        if (body === null || typeof body !== "object") {
+            body = {};
+        }
+        const code = typeof body.code === "string" && body.code !== "" ? body.code : "unknown";
+        const message = typeof body.message === "string" && body.message !== "" ? body.message : "the server reported " + code;
+        return new ServerError(code, message, {
+            event: typeof body.event === "string" ? body.event : "",
+            room: frame.room,
+            frame,
+        });
+    }
+
+    function rejectRequests(code, message) {
+        const pending = Array.from(requests.values());
+        requests.clear();
+        pending.forEach(function (request) {
+            if (request.timer !== null) {
+                clearTimeout(request.timer);
+            }
+            request.reject(new RequestError(code, message, { event: request.event, room: request.room }));
+        });
+    }
+
+    // -- connection state --------------------------------------------------------
+
+    function onSocketClose(event) {
         socket = null;
+        extended = false;
+        stopAckTimer();
+        const code = event !== null && typeof event === "object" && typeof event.code === "number" ? event.code : 1006;
+        if (session !== null && settings.reconnect && closedError === null && RESUMABLE_CLOSE_CODES.includes(code)) {
+            // The server keeps the session for a while: resume it, same ID and rooms.
+            suspended = true;
+            scheduleReconnect();
+            return;
+        }
+        if (suspended) {
+            // Closed on purpose while resuming (e.g. the server is shutting down): the session is over.
+            endSession("closed");
+        } else {
+            session = null;
+            connectionLost();
+        }
+        if (closedError !== null) {
+            return;
+        }
+        if (!settings.reconnect) {
+            shutdown(new Error("the connection closed and reconnect is off"));
+            return;
+        }
+        scheduleReconnect();
+    }
+
+    /** The server forgot this connection: every room closes (to be joined again). */
+    function connectionLost() {
+        rejectRequests("disconnected", "the connection was lost before the answer");
         rooms.forEach(function (state) {
             state.pendingLeaves = 0;
             state.joinGeneration = 0;
+            state.joinPending = false;
+            state.leaveDeferred = false;
         });
         // Rooms first and root last, so the root's close means everything is closed.
         Array.from(rooms.values()).reverse().forEach(function (state) {
@@ -303,14 +781,6 @@ function createClient(url, WebSocketImpl, protocols, settings) {
                 markClosed(state);
             }
         });
-        if (closedError !== null) {
-            return;
-        }
-        if (!settings.reconnect) {
-            shutdown(new Error("the connection closed and reconnect is off"));
-            return;
-        }
-        scheduleReconnect();
     }
 
     function scheduleReconnect() {
@@ -338,10 +808,14 @@ function createClient(url, WebSocketImpl, protocols, settings) {
             return;
         }
         closedError = error;
+        session = null;
+        suspended = false;
+        stopAckTimer();
         if (reconnectTimer !== null) {
             clearTimeout(reconnectTimer);
             reconnectTimer = null;
         }
+        rejectRequests("closed", error.message);
         Array.from(rooms.values()).reverse().forEach(function (state) {
             if (state === rootState) {
                 markClosed(state);
@@ -366,6 +840,8 @@ function createClient(url, WebSocketImpl, protocols, settings) {
         state.wanted = false;
         state.pendingLeaves = 0;
         state.joinGeneration = 0;
+        state.joinPending = false;
+        state.leaveDeferred = false;
         if (rooms.get(state.name) === state) {
             rooms.delete(state.name);
         }
@@ -382,13 +858,19 @@ function createClient(url, WebSocketImpl, protocols, settings) {
             state === rootState ||
             !state.wanted ||
             !rootState.isOpen ||
-            !socketIsOpen() ||
-            state.joinGeneration === generation
+            !connected() ||
+            state.joinGeneration === epoch
         ) {
             return;
         }
-        state.joinGeneration = generation;
+        state.joinGeneration = epoch;
+        state.joinPending = true;
         sendFrame({ room: state.name, event: "join", dst: "", src: "", payload: "" });
+    }
+
+    function sendLeave(state) {
+        state.pendingLeaves += 1;
+        sendFrame({ room: state.name, event: "leave", dst: clientId, src: clientId, payload: clientId });
     }
 
     function settleWaiters(state, error) {
@@ -408,7 +890,7 @@ function createClient(url, WebSocketImpl, protocols, settings) {
         if (timeoutMs !== undefined && !(typeof timeoutMs === "number" && timeoutMs >= 0)) {
             return Promise.reject(new RangeError("timeout must be a number of milliseconds >= 0"));
         }
-        if (state.isOpen && socketIsOpen()) {
+        if (state.isOpen && connected()) {
             return Promise.resolve(state.room);
         }
         if (closedError !== null) {
@@ -448,6 +930,28 @@ function createClient(url, WebSocketImpl, protocols, settings) {
         return state.emitter.listenerCount("error") > 0 || rootState.emitter.listenerCount("error") > 0;
     }
 
+    function checkEventName(event) {
+        if (typeof event !== "string") {
+            throw new TypeError("event name must be a string, got " + describe(event));
+        }
+        if (REFUSED_EVENTS.includes(event)) {
+            throw new Error(
+                "cannot send event '" + event + "': the name is reserved (" + REFUSED_EVENTS.join(", ") + ")",
+            );
+        }
+        if (event.startsWith(EXTENSION_PREFIX)) {
+            throw new Error("cannot send event '" + event + "': names starting with '" + EXTENSION_PREFIX + "' are reserved");
+        }
+    }
+
+    function checkDestination(dst) {
+        const target = dst === undefined || dst === null ? "" : dst;
+        if (typeof target !== "string") {
+            throw new TypeError("dst must be a member ID string, got " + describe(dst));
+        }
+        return target;
+    }
+
     function createRoom(name) {
         const state = {
             name,
@@ -458,7 +962,11 @@ function createClient(url, WebSocketImpl, protocols, settings) {
             id: "",
             members: [],
             joinGeneration: 0,
+            // A join went out and its join_ack (or refusal) has not come back.
+            joinPending: false,
             pendingLeaves: 0,
+            // Left while the session was suspended: the leave goes out on resume.
+            leaveDeferred: false,
             waiters: [],
         };
         const room = {};
@@ -506,6 +1014,7 @@ function createClient(url, WebSocketImpl, protocols, settings) {
             if (existing !== undefined) {
                 if (!existing.wanted) {
                     existing.wanted = true;
+                    existing.leaveDeferred = false;
                     existing.joinGeneration = 0;
                     sendJoinIfConnected(existing);
                 }
@@ -526,9 +1035,11 @@ function createClient(url, WebSocketImpl, protocols, settings) {
                 return room;
             }
             state.wanted = false;
-            if (socketIsOpen() && state.joinGeneration === generation) {
-                state.pendingLeaves += 1;
-                sendFrame({ room: name, event: "leave", dst: clientId, src: clientId, payload: clientId });
+            if (state.joinGeneration === epoch && connected()) {
+                sendLeave(state);
+            } else if (state.joinGeneration === epoch && suspended) {
+                // The suspended session is still a member: leave once it resumes.
+                state.leaveDeferred = true;
             } else {
                 // The server has no membership to undo on this connection.
                 finalizeLeft(state, new Error("left room '" + name + "'"));
@@ -541,18 +1052,8 @@ function createClient(url, WebSocketImpl, protocols, settings) {
          * only to the member `dst` when given.
          */
         room.send = function send(event, payload, dst) {
-            if (typeof event !== "string") {
-                throw new TypeError("event name must be a string, got " + describe(event));
-            }
-            if (REFUSED_EVENTS.includes(event)) {
-                throw new Error(
-                    "cannot send event '" + event + "': the name is reserved (" + REFUSED_EVENTS.join(", ") + ")",
-                );
-            }
-            const target = dst === undefined || dst === null ? "" : dst;
-            if (typeof target !== "string") {
-                throw new TypeError("dst must be a member ID string, got " + describe(dst));
-            }
+            checkEventName(event);
+            const target = checkDestination(dst);
             const bytes = encodeFrame({ room: name, event, dst: target, src: state.id, payload });
             if (!room.open()) {
                 throw new Error("cannot send on room '" + name + "': it is not open");
@@ -561,9 +1062,53 @@ function createClient(url, WebSocketImpl, protocols, settings) {
             return room;
         };
 
+        /**
+         * Send `event` as a request (trioroom.v1) and resolve with the
+         * server's reply, or reject with its `ServerError`.
+         */
+        room.request = function request(event, payload, options) {
+            return new Promise(function (resolve, reject) {
+                checkEventName(event);
+                const opts = options === undefined ? {} : options;
+                if (opts === null || typeof opts !== "object") {
+                    throw new TypeError("request options must be an object, got " + describe(options));
+                }
+                const timeout = opts.timeout === undefined ? ext.requestTimeout : opts.timeout;
+                checkTimeout(timeout, "request timeout");
+                const target = checkDestination(opts.dst);
+                const ref = String(++lastRef);
+                const bytes = encodeFrame({ room: name, event, dst: target, src: "?" + ref, payload });
+                const details = { event, room: name };
+                if (!room.open()) {
+                    reject(new RequestError("not_open", "cannot send on room '" + name + "': it is not open", details));
+                    return;
+                }
+                if (!extended) {
+                    reject(new RequestError(
+                        "unsupported",
+                        "requests need the " + EXTENSION_PROTOCOL + " extension, which this connection does not use",
+                        details,
+                    ));
+                    return;
+                }
+                const pending = { resolve, reject, timer: null, event, room: name };
+                if (timeout !== Infinity) {
+                    pending.timer = setTimeout(function () {
+                        requests.delete(ref);
+                        const error = new TimeoutError("no answer to '" + event + "' within " + timeout + " ms");
+                        error.event = event;
+                        error.room = name;
+                        reject(error);
+                    }, timeout);
+                }
+                requests.set(ref, pending);
+                socket.send(bytes);
+            });
+        };
+
         /** Whether the room is joined and the connection is up. */
         room.open = function open() {
-            return state.isOpen && socketIsOpen();
+            return state.isOpen && connected();
         };
 
         /** A copy of the member IDs, this client's own included. */
@@ -643,6 +1188,11 @@ function createClient(url, WebSocketImpl, protocols, settings) {
                     byName[roomName] = other.room;
                 });
                 return Object.freeze(byName);
+            };
+
+            /** Whether the current connection uses the trioroom.v1 extension. */
+            room.extended = function isExtended() {
+                return extended && socket !== null;
             };
 
             rooms.set(name, state);

@@ -27,6 +27,7 @@ UNIT_FILES = [
     "test/emitter.test.js",
     "test/backoff.test.js",
     "test/client.test.js",
+    "test/extension.test.js",
     "test/types.test.js",
 ]
 INTEGRATION_FILES = ["test/integration.test.js"]

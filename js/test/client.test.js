@@ -50,17 +50,30 @@ describe("creating a client", function () {
         assert.equal(sockets.length, 1);
         assert.equal(sockets[0].url, URL_);
         assert.equal(sockets[0].binaryType, "arraybuffer");
-        assert.equal(sockets[0].protocols, undefined);
+        assert.deepEqual(sockets[0].protocols, ["trioroom.v1"], "the extension is offered by default");
         assert.equal(root.name, "root");
         assert.equal(root.open(), false);
         assert.equal(root.id(), "");
         root.close();
     });
 
-    test("passes subprotocols on", function () {
+    test("passes subprotocols on, adding the extension's unless it is off", function () {
         const { FakeWebSocket, sockets } = fakeWebSocketClass();
         trioroom(URL_, { WebSocket: FakeWebSocket, protocols: ["x.v1"] }).close();
-        assert.deepEqual(sockets[0].protocols, ["x.v1"]);
+        assert.deepEqual(sockets[0].protocols, ["x.v1", "trioroom.v1"]);
+        trioroom(URL_, { WebSocket: FakeWebSocket, protocols: "x.v1" }).close();
+        assert.deepEqual(sockets[1].protocols, ["x.v1", "trioroom.v1"]);
+        trioroom(URL_, { WebSocket: FakeWebSocket, protocols: ["trioroom.v1"] }).close();
+        assert.deepEqual(sockets[2].protocols, ["trioroom.v1"]);
+        trioroom(URL_, { WebSocket: FakeWebSocket, protocols: ["x.v1"], extension: false }).close();
+        assert.deepEqual(sockets[3].protocols, ["x.v1"]);
+        trioroom(URL_, { WebSocket: FakeWebSocket, extension: false }).close();
+        assert.equal(sockets[4].protocols, undefined, "exactly the plain client's handshake");
+        assert.throws(() => trioroom(URL_, { WebSocket: FakeWebSocket, protocols: ["trioroom.v1"], extension: false }), TypeError);
+        assert.throws(() => trioroom(URL_, { WebSocket: FakeWebSocket, extension: "yes" }), TypeError);
+        assert.throws(() => trioroom(URL_, { WebSocket: FakeWebSocket, ackEvery: 0 }), RangeError);
+        assert.throws(() => trioroom(URL_, { WebSocket: FakeWebSocket, ackInterval: 0 }), RangeError);
+        assert.throws(() => trioroom(URL_, { WebSocket: FakeWebSocket, requestTimeout: -1 }), RangeError);
     });
 
     test("says clearly when there is no WebSocket and checks its arguments", function () {
@@ -308,8 +321,11 @@ describe("sending", function () {
         }
         assert.deepEqual(
             [...REFUSED_EVENTS].sort(),
-            ["close", "error", "join", "join_ack", "leave", "leave_ack", "member_left", "new_member", "open", "reconnect_failed", "reconnecting"],
+            ["close", "error", "join", "join_ack", "leave", "leave_ack", "member_left", "new_member", "open", "reconnect_failed", "reconnecting", "resume_failed", "resumed"],
         );
+        for (const event of ["trioroom.ack", "trioroom.reply", "trioroom.anything"]) {
+            assert.throws(() => lobby.send(event, "x"), /reserved/, event);
+        }
         root.close();
     });
 

@@ -27,6 +27,7 @@ export function fakeWebSocketClass() {
             this.url = url;
             this.protocols = protocols;
             this.readyState = FakeWebSocket.CONNECTING;
+            this.protocol = "";
             this.binaryType = "blob";
             this.sent = [];
             this.closeCalls = [];
@@ -64,7 +65,9 @@ export function fakeWebSocketClass() {
             }
         }
 
-        accept() {
+        /** The handshake succeeded; `protocol` is the subprotocol the server selected ("" for none). */
+        accept(protocol = "") {
+            this.protocol = protocol;
             this.readyState = FakeWebSocket.OPEN;
             this.dispatch("open", { type: "open" });
         }

@@ -12,6 +12,10 @@ import trioroomDefault, {
     text,
     TimeoutError,
     trioroom,
+    EXTENSION_PROTOCOL,
+    Reply,
+    RequestError,
+    ServerError,
     type Frame,
     type Room,
     type RootRoom,
@@ -29,7 +33,11 @@ const options: TrioroomOptions = {
     reconnectMaxDelay: 5000,
     reconnectJitter: 0.5,
     maxReconnectAttempts: 10,
-    protocols: ["trioroom.v1"],
+    protocols: ["x.v1"],
+    extension: true,
+    ackEvery: 64,
+    ackInterval: 5000,
+    requestTimeout: 10000,
 };
 const root: RootRoom = trioroom("ws://127.0.0.1:8080/ws", options);
 const sameFactory: typeof trioroom = trioroomDefault;
@@ -63,6 +71,39 @@ root.on("open", function () {
 });
 root.on("reconnecting", (attempt, delayMs) => attempt + delayMs);
 root.on("reconnect_failed", (attempts) => attempts);
+root.on("resumed", (replayed) => replayed.toFixed());
+root.on("resume_failed", (reason) => reason.toUpperCase());
+root.on("error", (error) => {
+    if (error instanceof ServerError) {
+        const code: string = error.code;
+        const where: string = error.room + error.event;
+        void [code, where];
+    }
+});
+
+async function requests(): Promise<void> {
+    const lobby = await root.join("lobby").joined();
+    const reply: Reply = await lobby.request("add", "[1, 2]", { timeout: 5000 });
+    const sum: { sum: number } = reply.json<{ sum: number }>();
+    const asText: string = reply.text();
+    const bytes: Uint8Array = reply;
+    await lobby.request("ping");
+    await lobby.request("dm", new Uint8Array([1]), { dst: root.id() });
+    try {
+        await lobby.request("x");
+    } catch (error) {
+        if (error instanceof ServerError || error instanceof RequestError || error instanceof TimeoutError) {
+            const code: string = error.code;
+            void code;
+        }
+    }
+    const extended: boolean = root.extended();
+    const protocol: "trioroom.v1" = EXTENSION_PROTOCOL;
+    void [sum, asText, bytes, extended, protocol];
+    // @ts-expect-error request options are an object
+    await lobby.request("x", "", 5000);
+}
+void requests;
 
 async function flows(): Promise<void> {
     const ready: RootRoom = await root.ready(10000);
