@@ -20,14 +20,19 @@ process.on("exit", function () {
     }
 });
 
+/** A server with request handlers for the extension's tests (see ext_server.py). */
+export const EXT_SERVER_SCRIPT = fileURLToPath(new URL("./ext_server.py", import.meta.url));
+
 /**
- * @param {{port?: number, extraArgs?: string[]}} [options] port 0 lets the OS choose;
- *     extraArgs are more `serve` flags
+ * @param {{port?: number, extraArgs?: string[], script?: string}} [options] port 0 lets the OS choose;
+ *     extraArgs are more `serve` flags; script runs that Python file instead of `-m trioroom serve`
+ *     (it takes --host and --port and prints the same first line)
  * @returns {Promise<{url: string, port: number, stop: () => Promise<void>, output: () => string}>}
  */
-export function startServer({ port = 0, extraArgs = [] } = {}) {
+export function startServer({ port = 0, extraArgs = [], script } = {}) {
     const python = process.env.TRIOROOM_PYTHON || "python3";
-    const args = ["-m", "trioroom", "serve", "--host", "127.0.0.1", "--port", String(port), ...extraArgs];
+    const command = script === undefined ? ["-m", "trioroom", "serve"] : [script];
+    const args = [...command, "--host", "127.0.0.1", "--port", String(port), ...extraArgs];
     const child = spawn(python, args, {
         cwd: REPO_ROOT,
         env: { ...process.env, PYTHONUNBUFFERED: "1" },
