@@ -475,6 +475,8 @@ class Server:
         conn.resume_token = secrets.token_urlsafe(24)
         conn.replay = ReplayBuffer(settings.resume_buffer_frames, settings.resume_buffer_bytes)
         conn._may_resume = True
+        conn._session_changed = trio.Event()
+        conn._suspended = trio.Event()
         self._sessions[conn.resume_token] = conn
         conn._preamble.append(
             binary_frame(session_message(conn.resume_token, settings.resume_window, conn.id))
@@ -516,6 +518,7 @@ class Server:
             session.abort(CloseCode.GOING_AWAY, "replaced by a resumed socket", "replaced")
             with trio.move_on_after(self.settings.close_timeout + 1):
                 while not session.suspended and session.resume_token in self._sessions:
+                    assert session._suspended is not None
                     await session._suspended.wait()
             if not session.suspended:
                 return "expired"

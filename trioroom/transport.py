@@ -14,7 +14,6 @@ concurrent sends; control frames wait in a list that the writer flushes first.
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -47,7 +46,8 @@ class StreamTransport:
     def __init__(self, stream: trio.abc.Stream, protocol: ServerProtocol) -> None:
         self._stream = stream
         self._protocol = protocol
-        self._messages: deque[bytes] = deque()
+        # Usually holds one message: a list is smaller than a deque.
+        self._messages: list[bytes] = []
         self._fragments: list[bytes] | None = None
         self._control: list[bytes] = []
         self._final: list[bytes] = []
@@ -82,7 +82,7 @@ class StreamTransport:
                 self._protocol.receive_eof()
                 self._ended = self._eof = True
             self._take_events()
-        return messages.popleft()
+        return messages.pop(0)
 
     def _take_events(self) -> None:
         protocol = self._protocol
