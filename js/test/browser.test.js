@@ -12,7 +12,10 @@ import { fileURLToPath } from "node:url";
 import { after, before, test } from "node:test";
 
 import { chromium } from "playwright-core";
+import { WebSocket } from "ws";
 
+import { trioroom } from "../trioroom.js";
+import { startProxy } from "./support/proxy.js";
 import { startServer } from "./support/server.js";
 
 const JS_DIR = fileURLToPath(new URL("..", import.meta.url));
@@ -136,4 +139,68 @@ test("two pages join one room and chat", { timeout: 120000 }, async function () 
 
     await alice.context.close();
     assert.deepEqual(alice.problems.concat(bob.problems), []);
+});
+
+test("a page whose connection is cut while messages flow resumes without losing one", { timeout: 120000 }, async function (t) {
+    const pageOrigin = "http://127.0.0.1:" + staticServer.address().port;
+    // Bob sends fast, and the page's session must queue what he sends while it is away
+    // (beyond --queue-frames the server ends the session: buffer_overflow).
+    const server = await startServer({
+        extraArgs: ["--allowed-origins", pageOrigin, "--rate-limit", "100000", "--rate-burst", "100000", "--queue-frames", "4096"],
+    });
+    t.after(() => server.stop());
+    // The page reaches the server through a TCP proxy that the test cuts: a real network drop.
+    const proxy = await startProxy(server.port);
+    t.after(() => proxy.close());
+    const context = await browser.newContext();
+    t.after(() => context.close());
+    const page = await context.newPage();
+    const pageErrors = [];
+    page.on("pageerror", (error) => pageErrors.push(error.message));
+    const query = new URLSearchParams({ ws: proxy.url(server.url), room: "stream" });
+    await page.goto(`http://127.0.0.1:${staticServer.address().port}/test/browser/stream.html?${query}`);
+    await page.locator("#status", { hasText: "joined" }).waitFor({ timeout: WAIT_MS });
+    const id = (await page.locator("#me").textContent()).trim();
+    assert.match(id, /^[0-9a-f-]{36}$/);
+    assert.equal(await page.locator("#extended").textContent(), "true");
+
+    const bob = trioroom(server.url, { WebSocket, reconnect: false });
+    t.after(() => bob.close());
+    const bobRoom = await bob.join("stream").joined(WAIT_MS);
+    const TOTAL = 400;
+    const send = (from, to) => {
+        for (let i = from; i < to; i += 1) {
+            bobRoom.send("n", String(i));
+        }
+    };
+    send(0, 100);
+    await page.locator("#log li").nth(49).waitFor({ timeout: WAIT_MS });
+    // Cut right after a burst, so frames are in flight, and keep sending while the page is away.
+    send(100, 200);
+    assert.equal(proxy.cut(), 1);
+    const shownAtCut = await page.locator("#log li").count();
+    for (let i = 200; i < TOTAL; i += 20) {
+        send(i, i + 20);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    try {
+        await page.locator("#log li").nth(TOTAL - 1).waitFor({ timeout: WAIT_MS });
+    } catch (error) {
+        const events = await page.locator("#events li").allTextContents();
+        const count = await page.locator("#log li").count();
+        throw new Error(error.message + "\npage shows " + count + " messages (" + shownAtCut + " at the cut), events:\n" + events.join("\n") + "\nserver output:\n" + server.output());
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
+
+    const shown = await page.locator("#log li").allTextContents();
+    assert.ok(shownAtCut < TOTAL, "cut before the page had everything: " + shownAtCut);
+    assert.deepEqual(shown, Array.from({ length: TOTAL }, (_, index) => String(index)), "every message once, in order");
+    const events = (await page.locator("#events li").allTextContents()).filter((line) => !line.startsWith("error "));
+    assert.deepEqual(events.slice(0, 3), ["root open", "room open", "root reconnecting 1 100"]);
+    assert.match(events[3], /^root resumed \d+$/);
+    assert.equal(events.length, 4, "no close, no second open: " + events.join(", "));
+    assert.equal(await page.locator("#status").textContent(), "resumed");
+    assert.equal((await page.locator("#me").textContent()).trim(), id, "the same ID");
+    assert.ok(bobRoom.members().includes(id));
+    assert.deepEqual(pageErrors, []);
 });

@@ -190,8 +190,10 @@ describe("requests against a server with handlers", { timeout: TEST_TIMEOUT_MS *
 
 describe("resumption through a proxy that cuts the connection", { timeout: TEST_TIMEOUT_MS * 3 }, function () {
     test("a cut mid-stream is resumed: same ID and rooms, every message once and in order, nobody saw a leave", { timeout: TEST_TIMEOUT_MS }, async function (t) {
-        // Bob sends faster than the default rate limit (100/s, burst 200) allows.
-        const server = await serverFor(t, { extraArgs: ["--rate-limit", "100000", "--rate-burst", "100000"] });
+        // Bob sends faster than the default rate limit (100/s, burst 200) allows, and
+        // more than the default queue (256 frames) while alice is away: beyond it the
+        // server would end her session (buffer_overflow).
+        const server = await serverFor(t, { extraArgs: ["--rate-limit", "100000", "--rate-burst", "100000", "--queue-frames", "4096"] });
         const proxy = await startProxy(server.port);
         t.after(() => proxy.close());
         const clients = clientsFor(t);
