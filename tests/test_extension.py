@@ -398,3 +398,46 @@ async def test_acknowledged_frames_are_released(start_server: StartServer) -> No
     assert conn.replay.since(5) is None
     assert len(conn.replay.since(6) or []) == 1
     assert conn.replay.buffered_bytes < 200
+
+
+async def test_extension_event_names_cannot_be_forged_or_broadcast(
+    start_server: StartServer,
+) -> None:
+    server, address = await start_server(root_notices=False)
+    extended, _ = await ExtendedClient.connect(address)
+    plain = await RawClient.connect(address)
+    await plain.send(Message("root", "trioroom.resumed", "", "", b'{"id":"x"}'))
+    await plain.send(Message("root", "trioroom.ack", "", "", b"5"))
+    await plain.sync()
+    await extended.raw.expect_nothing()
+    assert server.metrics.frames_dropped["malformed"] == 1
+
+
+async def test_a_request_cut_off_by_the_socket_is_answered_after_resuming(
+    start_server: StartServer,
+) -> None:
+    entered = trio.Event()
+    server = Server()
+
+    @server.on("slow")
+    async def slow(conn: Connection, msg: Message) -> None:
+        entered.set()
+        await trio.sleep_forever()
+
+    _, address = await start_server(server)
+    client, _ = await ExtendedClient.connect(address)
+    await client.raw.send(Message("root", "slow", "", "?9", b""))
+    await entered.wait()
+    # The reader is inside the handler, so the server cannot notice the drop
+    # by itself (only the heartbeat would): the resume replaces the socket.
+    client.raw.reset()
+    client.raw = await RawClient.connect(
+        address,
+        path=f"/ws?resume={client.token}&last={client.received}",
+        subprotocols=V1,
+        read_root_ack=False,
+    )
+    assert (await client.recv()).event == "trioroom.resumed"
+    error = await client.recv()
+    assert (error.event, error.dst) == ("trioroom.error", "?9")
+    assert json.loads(error.payload)["code"] == "cancelled"

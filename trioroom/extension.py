@@ -31,6 +31,7 @@ from .protocol import encode
 __all__ = [
     "ACK",
     "ERROR",
+    "EXTENSION_PREFIX",
     "NOT_RESUMED",
     "REPLY",
     "RESUMED",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 SUBPROTOCOL = "trioroom.v1"
+#: Event names of the extension; clients may send only ``trioroom.ack``.
+EXTENSION_PREFIX = "trioroom."
 
 SESSION = "trioroom.session"
 RESUMED = "trioroom.resumed"
@@ -64,6 +67,7 @@ class ErrorCode:
     MALFORMED = "malformed"
     HANDLER_ERROR = "handler_error"
     TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
     NOT_A_MEMBER = "not_a_member"
     UNKNOWN_DESTINATION = "unknown_destination"
 

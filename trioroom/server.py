@@ -41,6 +41,7 @@ from .backplane import Backplane, LocalBackplane
 from .connection import CloseCode, Connection, Transport, check_close
 from .extension import (
     ACK,
+    EXTENSION_PREFIX,
     SUBPROTOCOL,
     ErrorCode,
     ReplayBuffer,
@@ -497,9 +498,9 @@ class Server:
             return False
         why = conn.disconnect_reason
         if why == "peer":
-            # A client that closes on purpose (1000 normal, 1001 going away)
-            # ends its session; a dropped socket does not.
-            return conn.close_code not in (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+            # Any close frame from the client is deliberate and ends the
+            # session; only a socket that vanished (1006) is suspended.
+            return conn.close_code == CloseCode.ABNORMAL_CLOSURE
         return why in ("heartbeat_timeout", "write_timeout", "replaced")
 
     async def _try_resume(self, fresh: Connection, transport: Transport, token: str) -> str | None:
@@ -615,13 +616,17 @@ class Server:
             await self._leave(conn, msg.room)
             if ref is not None:
                 self._send_reply(conn, msg.room, ref, None)
-        elif event in RESERVED_EVENTS:
+        elif event == ACK:
+            # Consumed even without a session: it is never broadcast.
+            if conn.replay is not None:
+                try:
+                    conn.replay.acknowledge(int(msg.payload))
+                except ValueError:
+                    self._bad_frame(conn, "acknowledgement is not a number")
+        elif event in RESERVED_EVENTS or event.startswith(EXTENSION_PREFIX):
+            # trioroom.* names are the extension's: a client forging one could
+            # confuse other clients' frame counting.
             self._bad_frame(conn, f"clients may not send reserved event {event!r}", ref=ref)
-        elif event == ACK and conn.replay is not None:
-            try:
-                conn.replay.acknowledge(int(msg.payload))
-            except ValueError:
-                self._bad_frame(conn, "acknowledgement is not a number")
         elif msg.dst:
             frame = binary_frame(encode(msg.room, event, msg.dst, conn.id, msg.payload))
             if self._send_direct(msg.dst, frame, msg.room, conn):
@@ -708,6 +713,19 @@ class Server:
                 return None
             self._send_reply(conn, msg.room, ref, value)
             return value
+        except trio.Cancelled:
+            # The socket closed under the handler (or was replaced by a
+            # resume): the request is still answered, on the session's queue.
+            if ref is not None:
+                self._send_error(
+                    conn,
+                    msg.room,
+                    ErrorCode.CANCELLED,
+                    "the handler was cancelled when the connection closed",
+                    event=msg.event,
+                    ref=ref,
+                )
+            raise
         except Exception as exc:
             metrics.handler_errors += 1
             conn.log.exception(

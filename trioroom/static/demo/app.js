@@ -26,6 +26,8 @@ let target = "";
 const root = trioroom(url.href);
 
 root.on("open", () => setStatus("online", "online"));
+// A resumed session keeps its rooms and fires no "open": show it online again.
+root.on("resumed", () => setStatus("online", "online"));
 root.on("close", () => setStatus("offline", "disconnected"));
 root.on("reconnecting", (attempt, delayMs) =>
     setStatus("reconnecting", `reconnecting in ${Math.ceil(delayMs / 1000)} s (attempt ${attempt})`),
