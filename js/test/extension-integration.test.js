@@ -206,8 +206,7 @@ describe("resumption through a proxy that cuts the connection", { timeout: TEST_
         const [aliceRoom, bobRoom, carolRoom] = await joinAll("stream", alice, bob, carol);
         const aliceId = alice.id();
 
-        // A plain peer in the room broadcasts the extension's names: they are
-        // numbered by the server like any frame, and alice must count them.
+        // A plain peer in the room tries to broadcast the extension's names.
         const mallory = await rawPeer(t, server.url);
         mallory.send({ room: "stream", event: "join" });
         await mallory.nextFrame((frame) => frame.event === "join_ack" && frame.room === "stream", "mallory's join_ack");
@@ -228,10 +227,11 @@ describe("resumption through a proxy that cuts the connection", { timeout: TEST_
         carolRoom.on("member_left", (id) => carolSawLeave.push(id));
         const resumed = next(alice, "resumed", "alice's resumed event");
 
+        // The server drops client events named trioroom.* (malformed), so
+        // these fakes never reach alice and cannot disturb her count.
         for (const event of ["trioroom.resumed", "trioroom.session", "trioroom.not_resumed"]) {
             mallory.send({ room: "stream", event, payload: "{}" });
         }
-        await until(alice, "error", () => errors.filter((error) => error instanceof ProtocolError).length === 3, "the three fakes refused");
 
         const TOTAL = 600;
         let sent = 0;
@@ -258,7 +258,7 @@ describe("resumption through a proxy that cuts the connection", { timeout: TEST_
         await until(aliceRoom, "n", () => got.length >= TOTAL, "all " + TOTAL + " messages at alice");
         await sleep(100);
         assert.deepEqual(bobErrors.filter((error) => !(error instanceof ProtocolError)), [], "the server took all of bob's messages");
-        assert.equal(bobErrors.length, 3, "bob refused mallory's fakes too");
+        assert.equal(bobErrors.length, 0, "the server dropped mallory's fakes: nobody saw them");
         assert.deepEqual(got, range(TOTAL), "every message once, in order");
         assert.ok(gotAtCut < TOTAL);
 
