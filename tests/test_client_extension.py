@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 import trioroom
@@ -28,7 +29,7 @@ from trioroom.client import (
 )
 from trioroom.testing import open_test_server
 
-from .test_client import clients, sync
+from .test_client import GatedJoins, cancel_join_in_flight, clients, sync
 from .test_extension import CuttableProxy
 from .wire import WAIT, StartServer, wait_until
 
@@ -341,6 +342,45 @@ async def test_extension_in_the_harness_under_autojump_clock(
         await trio.sleep(3600)  # pings both ways keep it alive
         assert await client.request("echo", "x") == b"x"
         assert client.connected and client.resumes == 0
+
+
+async def test_cancelled_join_is_left_and_a_join_again_is_kept() -> None:
+    gated = GatedJoins("slow")
+    server = Server(authorize_join=gated, root_notices=False)
+    hooks: list[str] = []
+    left = trio.Event()
+
+    @server.on_join
+    async def on_join(conn: Connection, room: str) -> None:
+        hooks.append(f"join {room}")
+
+    @server.on_leave
+    async def on_leave(conn: Connection, room: str) -> None:
+        hooks.append(f"leave {room}")
+        left.set()
+
+    async with open_test_server(server) as harness:
+        a = await harness.connect(extension=True)
+        await cancel_join_in_flight(a, gated)
+        assert "slow" not in a.rooms
+        gated.gate.set()
+        with trio.fail_after(WAIT):
+            await left.wait()  # the join's answer was followed by a leave
+            assert await sync(a) == []
+        assert hooks[-2:] == ["join slow", "leave slow"] and not a._leaving and not a._pending
+        # Cancelled, then joined again before the answer: the membership stays.
+        gated.gate = trio.Event()
+        gated.entered = trio.Event()
+        await cancel_join_in_flight(a, gated)
+        async with trio.open_nursery() as nursery:
+            rooms: list[Any] = []
+            nursery.start_soon(_append, rooms, a.join, "slow")
+            await trio.testing.wait_all_tasks_blocked()
+            gated.gate.set()
+        (room,) = rooms
+        assert room.joined and a.rooms["slow"] is room
+        assert await sync(a) == []
+        assert await server.members("slow") == [a.id] and not a._pending
 
 
 # -- acknowledgements -----------------------------------------------------------------------------

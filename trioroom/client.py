@@ -749,7 +749,7 @@ class Client(Room):
             room._waiters -= 1
             if room._state == "joining" and room._waiters == 0 and self._rooms.get(name) is room:
                 # Every caller gave up before join_ack: forget the room; the
-                # reader answers its join_ack with a leave.
+                # reader answers its join_ack (extended: its reply) with a leave.
                 del self._rooms[name]
                 room._state = "closed"
                 room._queue_send.close()
@@ -1101,8 +1101,8 @@ class Client(Room):
             elif pending.kind == "leave":
                 # The old session's memberships are gone with it.
                 self._complete_leave(pending.room)
-            # Joins: joined again below. Probes: not needed any more.
-        self._cancelled_joins.clear()
+            # Joins: joined again below (a cancelled one needs nothing: the
+            # membership went with the session). Probes: not needed any more.
         preamble: list[_Out] = []
         names: list[str] = []
         for name, room in self._rooms.items():
@@ -1373,9 +1373,26 @@ class Client(Room):
                 pending.result = RequestFailed(
                     error.code, error.message, event=error.event or pending.event, room=msg.room
                 )
-        elif kind in ("join", "rejoin") and error is not None:
-            await self._join_refused(pending, error)
+        elif kind in ("join", "rejoin"):
+            room = pending.room
+            if error is not None:
+                await self._join_refused(pending, error)
+            elif room._state == "closed" and room.name not in self._rooms:
+                # Every caller gave up before the join_ack: leave it again.
+                self._leave_cancelled_join(room.name)
         pending.done.set()
+
+    def _leave_cancelled_join(self, name: str) -> None:
+        logger.debug("join of %r was cancelled: leaving it", name)
+        own = self._id
+        stand_in = Room(self, name, 1)  # its leave_ack pairs with this leave
+        stand_in._state = "leaving"
+        pending = self._new_pending("leave", stand_in, "leave", dst=own, payload=own.encode())
+        try:
+            self._send_control(_Out(pending.frame, ref=pending.ref))
+        except ConnectionClosed:
+            return
+        self._leaving[name].append(stand_in)
 
     async def _join_refused(self, pending: _Pending, error: ServerError) -> None:
         room = pending.room
@@ -1391,11 +1408,6 @@ class Client(Room):
             del self._rooms[name]
             room._removed()
             await self._server_error(error)
-        elif room._state == "closed" and self._cancelled_joins.get(name):
-            # A cancelled join that was refused: no join_ack will come.
-            self._cancelled_joins[name] -= 1
-            if not self._cancelled_joins[name]:
-                del self._cancelled_joins[name]
 
     async def _server_error(self, error: ServerError) -> None:
         handler = self._error_handler
@@ -1456,6 +1468,8 @@ class Client(Room):
                 room._state = "joined"
                 room._settled.set()
             return
+        if self.extended:
+            return  # a cancelled join: its reply, which follows, decides (_on_answer)
         if self._cancelled_joins.get(name):
             self._cancelled_joins[name] -= 1
             if not self._cancelled_joins[name]:
@@ -1463,13 +1477,7 @@ class Client(Room):
             logger.debug("join of %r was cancelled: leaving it", name)
             own = self._id
             try:
-                if self.extended:
-                    pending = self._new_pending(
-                        "leave", Room(self, name, 1), "leave", dst=own, payload=own.encode()
-                    )
-                    self._send_control(_Out(pending.frame, ref=pending.ref))
-                else:
-                    self._send_control(_Out(encode(name, "leave", own, own, own.encode())))
+                self._send_control(_Out(encode(name, "leave", own, own, own.encode())))
             except ConnectionClosed:
                 pass
 
