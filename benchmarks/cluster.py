@@ -313,6 +313,7 @@ def run_step(
         "latency_p50_ms": percentile(buckets, base, 0.50) / 1000,
         "latency_p99_ms": p99,
         "server_cpu_pct": 100 * server_cpu / args.seconds,
+        "server_cpu_us_per_delivery": 1e6 * server_cpu / received if received else math.nan,
         "redis_cpu_pct": 100 * redis_cpu / args.seconds,
         "closed_early": closed,
         "sustained": delivered >= 0.95 and p99 <= args.max_p99_ms and not closed,
@@ -338,7 +339,9 @@ def run_config(name: str, args: argparse.Namespace, redis: Redis) -> dict[str, A
                 f"{step['deliveries_per_s']:>10,.0f} deliveries/s "
                 f"({100 * step['delivered_fraction']:5.1f}%)  "
                 f"p50 {step['latency_p50_ms']:7.1f} ms  p99 {step['latency_p99_ms']:8.1f} ms  "
-                f"server CPU {step['server_cpu_pct']:4.0f}%  redis {step['redis_cpu_pct']:3.0f}%",
+                f"server CPU {step['server_cpu_pct']:4.0f}% "
+                f"({step['server_cpu_us_per_delivery']:.1f} us/delivery)  "
+                f"redis {step['redis_cpu_pct']:3.0f}%",
                 flush=True,
             )
             if not step["sustained"]:
@@ -404,7 +407,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"{row['config']:9} deliveries/s {best['deliveries_per_s']:>10,.0f}   "
             f"messages/s {best['messages_per_s']:>7,.0f}   p99 {best['latency_p99_ms']:6.1f} ms   "
-            f"server CPU {best['server_cpu_pct']:4.0f}%  redis CPU {best['redis_cpu_pct']:3.0f}%",
+            f"server CPU {best['server_cpu_pct']:4.0f}% "
+            f"({best['server_cpu_us_per_delivery']:.1f} us/delivery)  "
+            f"redis CPU {best['redis_cpu_pct']:3.0f}%",
             flush=True,
         )
     if args.json:

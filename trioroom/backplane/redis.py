@@ -687,6 +687,10 @@ class RedisBackplane(Backplane):
 
     def _go_down(self) -> None:
         """Forget the connections; fail whatever still waits for them."""
+        if trio.current_effective_deadline() == -math.inf:
+            # Cancelled: the whole server is stopping, and connections that
+            # close along with it will fail to reach Redis. Expected.
+            self._closing = True
         self._up = False
         self._sub = None
         for event in self._subs.values():
