@@ -680,3 +680,13 @@ async def test_workers_need_redis() -> None:
     )
     assert result.returncode == 2
     assert b"--workers needs --redis" in result.stderr
+
+
+async def test_bad_redis_url_is_a_usage_error() -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "trioroom", "serve", "--redis", "localhost:6379"],
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"not a Redis URL" in result.stderr

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +39,7 @@ __all__ = [
     "ClusterOptions",
     "ReusePortServer",
     "add_cluster_arguments",
+    "check_redis_url",
     "cluster_options",
     "make_server",
     "open_reuse_port_listeners",
@@ -140,12 +143,25 @@ def cluster_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Clu
         raise ValueError("--workers must be at least 1")
     if options.node_ttl < 0.3:
         raise ValueError("--node-ttl must be at least 0.3 seconds")
+    if options.redis:
+        check_redis_url(options.redis)
+        if importlib.util.find_spec("coredis") is None:
+            raise ValueError("--redis needs coredis: pip install 'trioroom[redis]'")
     if options.workers > 1 and not options.redis:
         raise ValueError(
             "--workers needs --redis URL: the workers share rooms through Redis "
             "(start one with: redis-server --port 6379)"
         )
     return options
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ``ValueError`` unless ``url`` looks like a Redis URL."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            f"not a Redis URL: {url!r} (redis://host:port/db, rediss://... or unix:///path)"
+        )
 
 
 def make_backplane(options: ClusterOptions) -> Backplane | None:

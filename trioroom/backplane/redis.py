@@ -32,6 +32,7 @@ import random
 import socket
 import struct
 import time
+import urllib.parse
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -210,6 +211,8 @@ class RedisBackplane(Backplane):
             raise ValueError("timeouts and intervals must be positive")
         if max_queue < 1 or max_batch < 1:
             raise ValueError("max_queue and max_batch must be positive")
+        if urllib.parse.urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"not a Redis URL: {url!r} (redis://, rediss:// or unix://)")
         self.url = url
         self.prefix = prefix
         self.node_ttl = node_ttl
