@@ -67,8 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--retries",
         type=int,
-        default=2,
-        help="measure a workload again when other processes ran on the cores during it (default 2)",
+        default=None,
+        help="measure a workload again when other processes ran on the cores during it "
+        "(default 2; 0 in smoke mode)",
     )
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
     p.add_argument("--no-verify", action="store_true", help="skip the protocol check of each peer")
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         wl.remove("sweep")
     s.chat_sweep = "sweep" in wl
 
+    if args.retries is None:
+        args.retries = 0 if mode == "smoke" else 2
     nofile = raise_nofile()
     ensure_loadgen()
     out: Path = args.out

@@ -376,6 +376,7 @@ def charts(data: dict[str, Any], out: Path) -> list[str]:
             if lows:
                 ax.set_ylim(bottom=min(lows) / 3)
             ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _pos: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_xticks(range(len(peers)))
             ax.set_xticklabels(peers, rotation=45, ha="right", fontsize=8)
             ax.set_title(title, fontsize=10)

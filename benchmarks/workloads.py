@@ -469,9 +469,13 @@ def idle(ctx: Ctx) -> dict[str, Any]:
         t0 = now_us() + 200_000
         for g in gens:
             g.send({"cmd": "start", "t_start": t0})
+        sleep_until_us(t0)
+        busy0, wall0, cpu_t0 = cpu_times(), now_us(), srv.cpu_s()
         done = gather(gens, "connected", 150)
         t_done = max(d["t_done"] for d in done)
         cpu1 = srv.cpu_s()
+        busy = busy_pct(busy0, cpu_times())
+        setup_wall = (now_us() - wall0) / 1e6
         connected = sum(d["connected"] for d in done)
         failed = sum(d["failed"] for d in done)
         time.sleep(s.idle_settle_s)
@@ -495,6 +499,9 @@ def idle(ctx: Ctx) -> dict[str, Any]:
         "rss_after_mib": round(rss1 / 1024, 1),
         "kib_per_conn": round((rss1 - rss0) / connected, 2) if connected else None,
         "setup_server_cpu_s": round(cpu1 - cpu0, 2),
+        # During the setup: server CPU and how busy core 0 was (interference check).
+        "server_cpu_pct": round(100 * (cpu1 - cpu_t0) / setup_wall, 1) if setup_wall > 0 else None,
+        "cpu0_busy_pct": busy.get("cpu0") if setup_wall >= 1.0 else None,
         "closed_early": sum(r.get("closed_early", 0) for r in results),
         "server_alive": alive_ok,
         "gen_procs": len(gens),
