@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 import trio
 import trio_websocket
+from wsproto.utilities import LocalProtocolError
 
 from trioroom.protocol import Message
 
@@ -119,12 +120,12 @@ class StableMember:
         self.ws = ws
         try:
             await self._chat(go, stop, interval)
-        except* trio_websocket.ConnectionClosed as group:
+        except* (trio_websocket.ConnectionClosed, LocalProtocolError) as group:
             # Counted, not fatal: a member the server dropped is left out of
             # the loss accounting and reported separately.
             exc = group.exceptions[0]
-            assert isinstance(exc, trio_websocket.ConnectionClosed)
-            self.dropped = exc.reason.code
+            code = exc.reason.code if isinstance(exc, trio_websocket.ConnectionClosed) else 1006
+            self.dropped = code
             self.tally.stable_dropped += 1
             self.done_sending.set()
             self._drained.set()
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of churn and chat")
     parser.add_argument(
-        "--message-interval", type=float, default=2.0, help="seconds between a member's messages"
+        "--message-interval", type=float, default=10.0, help="seconds between a member's messages"
     )
     parser.add_argument("--out", type=Path, help="write the report as JSON here")
     parser.add_argument(
