@@ -441,3 +441,18 @@ async def test_a_request_cut_off_by_the_socket_is_answered_after_resuming(
     error = await client.recv()
     assert (error.event, error.dst) == ("trioroom.error", "?9")
     assert json.loads(error.payload)["code"] == "cancelled"
+
+
+async def test_requests_refused_before_handling_still_get_their_ref(
+    start_server: StartServer,
+) -> None:
+    _, address = await start_server(max_field_length=40, rate_limit=0.001, rate_burst=2)
+    client, _ = await ExtendedClient.connect(address)
+    too_long = await client.request("r" * 41, "join", b"", 1)
+    assert json.loads(too_long.payload)["code"] == "malformed"
+    await client.raw.send(Message("root", "x", "", "?2", b""))
+    await client.raw.send(Message("root", "x", "", "?3", b""))
+    assert (await client.recv()).dst == "?2"  # the reply to the broadcast
+    limited = await client.recv()
+    assert (limited.event, limited.dst) == ("trioroom.error", "?3")
+    assert json.loads(limited.payload)["code"] == "rate_limited"

@@ -517,6 +517,11 @@ class Connection:
 
         ``keep_queue`` leaves queued frames for the session's next socket.
         """
+        if self.disconnect_reason == "replaced":
+            # The client has already left this socket for a new one: no
+            # closing handshake to wait for on a link that may be dead.
+            await close_stream_of(transport)
+            return
         queued = [] if keep_queue else self._pending_frames()
         pending = queued if self._graceful else []
         code = self.close_code if self.close_code is not None else CloseCode.NORMAL
@@ -535,3 +540,10 @@ def check_close(code: int, reason: str) -> None:
         raise ValueError(f"close code {code} cannot be sent in a close frame") from None
     if len(reason.encode()) > 123:
         raise ValueError("a close reason is at most 123 bytes")
+
+
+async def close_stream_of(transport: Transport) -> None:
+    """Close a transport without a closing handshake."""
+    abort = getattr(transport, "abort", None)
+    if abort is not None:
+        await abort()

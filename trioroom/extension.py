@@ -4,7 +4,7 @@ A client opts in by offering the WebSocket subprotocol ``trioroom.v1``. Plain
 wsrooms clients never offer it and never see anything described here. The
 extension reuses the five-field frame unchanged; see ``docs/protocol.md``.
 
-* **Sessions**: after the ``root`` ``join_ack`` the server sends
+* **Sessions**: before the ``root`` ``join_ack`` the server sends
   ``trioroom.session`` with a resume token. Every later frame the server sends
   on the session is numbered implicitly (1, 2, 3, ... in the order sent); the
   client acknowledges with ``trioroom.ack`` and resumes after a dropped socket

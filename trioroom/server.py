@@ -599,16 +599,32 @@ class Server:
             metrics.frames_dropped["rate_limited"] += 1
             conn.frames_dropped += 1
             if conn.extended:
-                self._send_error(conn, ROOT, ErrorCode.RATE_LIMITED, "rate limit exceeded")
+                # Decoded only to answer the request it may be.
+                try:
+                    dropped: Message | None = Message.decode(data)
+                except FrameError:
+                    dropped = None
+                self._send_error(
+                    conn,
+                    dropped.room if dropped else ROOT,
+                    ErrorCode.RATE_LIMITED,
+                    "rate limit exceeded",
+                    event=dropped.event if dropped else "",
+                    ref=request_ref(dropped.src) if dropped else None,
+                )
             return
         try:
             msg = Message.decode(data)
-            _check_fields(msg, self.settings.max_field_length)
         except FrameError as exc:
             self._bad_frame(conn, str(exc))
             return
-        event = msg.event
         ref = request_ref(msg.src) if conn.extended else None
+        try:
+            _check_fields(msg, self.settings.max_field_length)
+        except FrameError as exc:
+            self._bad_frame(conn, str(exc), ref=ref)
+            return
+        event = msg.event
         if event == "join":
             if await self._join(conn, msg.room, ref=ref) and ref is not None:
                 self._send_reply(conn, msg.room, ref, None)

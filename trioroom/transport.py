@@ -165,6 +165,11 @@ class StreamTransport:
         finally:
             self._pongs.pop(payload, None)
 
+    async def abort(self) -> None:
+        """Drop the connection without a closing handshake."""
+        self._ended = True
+        await close_stream(self._stream)
+
     async def close(self, code: int, reason: str, pending: list[bytes]) -> None:
         protocol = self._protocol
         before = self._control
