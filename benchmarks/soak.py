@@ -45,6 +45,7 @@ class Tally:
     delivered_stable: int = 0
     delivered_pairs: int = 0
     stable_dropped: int = 0
+    client_library_errors: int = 0
     delivered_other: int = 0
     errors: int = 0
     stable_ids: set[str] = attrs.Factory(set)
@@ -93,8 +94,12 @@ async def start_server(extra: list[str], log: Any) -> tuple[trio.Process, str]:
     return proc, match.group(0)
 
 
-async def open_client(url: str) -> tuple[trio_websocket.WebSocketConnection, str]:
-    ws = await trio_websocket.connect_websocket_url(_NURSERY, url, message_queue_size=1024)
+async def open_client(
+    url: str, nursery: trio.Nursery | None = None
+) -> tuple[trio_websocket.WebSocketConnection, str]:
+    ws = await trio_websocket.connect_websocket_url(
+        nursery or _NURSERY, url, message_queue_size=1024
+    )
     ack = Message.decode(await ws.get_message())
     return ws, ack.src
 
@@ -183,36 +188,39 @@ class StableMember:
 async def churner(url: str, rooms: list[str], stop: trio.Event, tally: Tally) -> None:
     rng = random.Random()
     while not stop.is_set():
+        # Each cycle owns its connection's tasks: a trio-websocket failure in
+        # one cycle (seen: a pong sent while closing) ends only that cycle.
         try:
-            ws, _ = await open_client(url)
-        except (OSError, trio_websocket.HandshakeError):
+            async with trio.open_nursery() as nursery:
+                await churn_once(url, rooms, tally, rng, nursery)
+                nursery.cancel_scope.cancel()
+        except* (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
             tally.errors += 1
             await trio.sleep(0.5)
-            continue
-        tally.connections += 1
-        try:
-            for room in rng.sample(rooms, rng.randint(1, 3)):
-                await ws.send_message(Message(room, "join").encode())
-            for _ in range(rng.randint(1, 5)):
-                await trio.sleep(rng.uniform(0.05, 0.5))
-                room = rng.choice(rooms)
-                await ws.send_message(Message(room, "chat", "", "", b"C" * 48).encode())
-                tally.sent_churn += 1
-            while True:  # drain what arrived without blocking
-                with trio.move_on_after(0):
-                    await ws.get_message()
-                    continue
-                break
-        except trio_websocket.ConnectionClosed:
-            tally.errors += 1
-        if rng.random() < 0.5:
-            sock: Any = ws._stream.socket  # an abrupt end: TCP reset, no close frame
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            await trio.aclose_forcefully(ws._stream)
-            tally.abrupt_closes += 1
-        else:
-            await ws.aclose()
-        tally.churn_cycles += 1
+        except* LocalProtocolError:
+            tally.client_library_errors += 1
+
+
+async def churn_once(
+    url: str, rooms: list[str], tally: Tally, rng: random.Random, nursery: trio.Nursery
+) -> None:
+    ws, _ = await open_client(url, nursery)
+    tally.connections += 1
+    for room in rng.sample(rooms, rng.randint(1, 3)):
+        await ws.send_message(Message(room, "join").encode())
+    for _ in range(rng.randint(1, 5)):
+        await trio.sleep(rng.uniform(0.05, 0.5))
+        room = rng.choice(rooms)
+        await ws.send_message(Message(room, "chat", "", "", b"C" * 48).encode())
+        tally.sent_churn += 1
+    if rng.random() < 0.5:
+        sock: Any = ws._stream.socket  # an abrupt end: TCP reset, no close frame
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await trio.aclose_forcefully(ws._stream)
+        tally.abrupt_closes += 1
+    else:
+        await ws.aclose()
+    tally.churn_cycles += 1
 
 
 async def soak(args: argparse.Namespace, log: Any) -> dict[str, Any]:
@@ -299,6 +307,7 @@ async def soak(args: argparse.Namespace, log: Any) -> dict[str, Any]:
         "dropped_close_codes": sorted({m.dropped for m in stable if m.dropped is not None}),
         "other_deliveries": tally.delivered_other,
         "client_errors": tally.errors,
+        "client_library_errors": tally.client_library_errors,
         "server_rss_start_kib": rss_start,
         "server_rss_end_kib": rss_end,
         "server_exit_code": proc.returncode,
