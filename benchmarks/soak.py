@@ -118,23 +118,29 @@ class StableMember:
         self.dropped: int | None = None
 
     async def run(self, go: trio.Event, stop: trio.Event, interval: float) -> None:
-        ws, self.id = await open_client(self.url)
-        self.tally.connections += 1
-        self.tally.stable_ids.add(self.id)
-        await ws.send_message(Message(self.room, "join").encode())
-        self.ws = ws
+        # The member owns its connection's tasks, so a failure of the client
+        # library (seen: a pong sent while closing) ends only this member.
         try:
-            await self._chat(go, stop, interval)
+            async with trio.open_nursery() as nursery:
+                ws, self.id = await open_client(self.url, nursery)
+                self.tally.connections += 1
+                self.tally.stable_ids.add(self.id)
+                await ws.send_message(Message(self.room, "join").encode())
+                self.ws = ws
+                await self._chat(go, stop, interval)
+                with trio.move_on_after(5):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
         except* (trio_websocket.ConnectionClosed, LocalProtocolError) as group:
-            # Counted, not fatal: a member the server dropped is left out of
-            # the loss accounting and reported separately.
+            # Counted, not fatal: a member dropped before the end is left out
+            # of the loss accounting and reported separately.
             exc = group.exceptions[0]
             code = exc.reason.code if isinstance(exc, trio_websocket.ConnectionClosed) else 1006
-            self.dropped = code
-            self.tally.stable_dropped += 1
+            if not self._drained.is_set():
+                self.dropped = code
+                self.tally.stable_dropped += 1
             self.done_sending.set()
             self._drained.set()
-        await ws.aclose()
 
     async def _chat(self, go: trio.Event, stop: trio.Event, interval: float) -> None:
         ws = self.ws
