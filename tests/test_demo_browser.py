@@ -9,44 +9,24 @@ they fail it.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
-import subprocess
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 import trio
 
 from .serveproc import running, serve_process
+from .test_js import CHROMIUM, missing, require_node, require_node_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "browser" / "demo.mjs"
-CHROMIUM = os.environ.get("TRIOROOM_CHROMIUM", "/usr/bin/chromium")
-NODE_MIN_MAJOR = 20
-
-
-def _missing(reason: str) -> NoReturn:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
 
 
 def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        _missing("node is not installed")
-    version = subprocess.run(
-        [node, "--version"], capture_output=True, text=True, timeout=30, check=False
-    ).stdout.strip()
-    match = re.match(r"v(\d+)\.", version)
-    if match is None or int(match.group(1)) < NODE_MIN_MAJOR:
-        _missing(f"node >= {NODE_MIN_MAJOR} is needed, found {version or 'nothing'}")
-    if not (ROOT / "js" / "node_modules" / "playwright-core").is_dir():
-        _missing("js/node_modules lacks playwright-core: run `npm ci --prefix js`")
+    node = require_node()
+    require_node_modules("playwright-core")
     if not os.access(CHROMIUM, os.X_OK):
-        _missing(f"Chromium is not installed at {CHROMIUM}: apt-get install chromium")
+        missing(f"Chromium is not installed at {CHROMIUM}: apt-get install chromium")
     return node
 
 

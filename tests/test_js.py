@@ -34,33 +34,33 @@ INTEGRATION_FILES = ["test/integration.test.js", "test/extension-integration.tes
 BROWSER_FILES = ["test/browser.test.js"]
 
 
-def _missing(reason: str) -> NoReturn:
+def missing(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
     pytest.skip(reason)
 
 
-def _node() -> str:
+def require_node() -> str:
     node = shutil.which("node")
     if node is None:
-        _missing("node is not installed")
+        missing("node is not installed")
     version = subprocess.run(
         [node, "--version"], capture_output=True, text=True, timeout=30, check=False
     ).stdout.strip()
     match = re.match(r"v(\d+)\.", version)
     if match is None or int(match.group(1)) < NODE_MIN_MAJOR:
-        _missing(f"node >= {NODE_MIN_MAJOR} is needed, found {version or 'no version'}")
+        missing(f"node >= {NODE_MIN_MAJOR} is needed, found {version or 'no version'}")
     return node
 
 
-def _require_node_modules(*packages: str) -> None:
+def require_node_modules(*packages: str) -> None:
     absent = [name for name in packages if not (JS_DIR / "node_modules" / name).is_dir()]
     if absent:
-        _missing(f"js/node_modules lacks {', '.join(absent)}: run `npm ci --prefix js`")
+        missing(f"js/node_modules lacks {', '.join(absent)}: run `npm ci --prefix js`")
 
 
 def _run_node_tests(files: list[str], timeout: float) -> None:
-    node = _node()
+    node = require_node()
     env = {**os.environ, "TRIOROOM_PYTHON": sys.executable, "TRIOROOM_CHROMIUM": CHROMIUM}
     try:
         result = subprocess.run(
@@ -85,19 +85,19 @@ def _run_node_tests(files: list[str], timeout: float) -> None:
 
 @pytest.mark.timeout(300)
 def test_js_unit() -> None:
-    _require_node_modules("typescript")
+    require_node_modules("typescript")
     _run_node_tests(UNIT_FILES, timeout=240)
 
 
 @pytest.mark.timeout(300)
 def test_js_integration() -> None:
-    _require_node_modules("ws")
+    require_node_modules("ws")
     _run_node_tests(INTEGRATION_FILES, timeout=240)
 
 
 @pytest.mark.timeout(400)
 def test_js_browser() -> None:
-    _require_node_modules("ws", "playwright-core")
+    require_node_modules("ws", "playwright-core")
     if not os.access(CHROMIUM, os.X_OK):
-        _missing(f"Chromium is not installed at {CHROMIUM}: apt-get install chromium")
+        missing(f"Chromium is not installed at {CHROMIUM}: apt-get install chromium")
     _run_node_tests(BROWSER_FILES, timeout=340)
