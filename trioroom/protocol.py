@@ -27,6 +27,7 @@ __all__ = [
     "RESERVED_EVENTS",
     "FrameError",
     "Message",
+    "decode_fields",
     "encode",
     "member_list_payload",
 ]
@@ -56,7 +57,7 @@ RESERVED_EVENTS = frozenset(
     }
 )
 
-_FIELD_NAMES = ("room", "event", "dst", "src", "payload")
+_STRING_FIELDS = ("room", "event", "dst", "src")
 
 
 class FrameError(ValueError):
@@ -130,46 +131,56 @@ class Message:
 
     @classmethod
     def decode(cls, data: bytes | bytearray | memoryview) -> Message:
-        """Parse one complete frame strictly.
+        """Parse one complete frame strictly (see :func:`decode_fields`).
 
         Raises :class:`FrameError` when a length runs past the end, bytes
-        follow the payload, or a string field is not valid UTF-8. Nothing is
-        allocated beyond the bytes given: lengths are checked against the
-        buffer before any field is copied.
+        follow the payload, or a string field is not valid UTF-8.
         """
-        view = memoryview(data)
-        size = len(view)
-        if size < MIN_FRAME_SIZE:
-            raise FrameError(f"frame of {size} bytes is shorter than {MIN_FRAME_SIZE}", size)
-        fields: list[str] = []
-        offset = 0
-        for name in _FIELD_NAMES[:4]:
-            if offset + HEADER_SIZE > size:
-                raise FrameError(f"length of field {name!r} is cut off", offset)
-            (length,) = _unpack_len_from(view, offset)
-            start = offset + HEADER_SIZE
-            end = start + length
-            if end > size:
-                raise FrameError(
-                    f"field {name!r} claims {length} bytes but only {size - start} remain",
-                    offset,
-                )
-            try:
-                fields.append(str(view[start:end], "utf-8"))
-            except UnicodeDecodeError as exc:
-                raise FrameError(
-                    f"field {name!r} is not valid UTF-8 ({exc.reason})", start + exc.start
-                ) from None
-            offset = end
+        return cls(*decode_fields(data))
+
+
+def decode_fields(data: bytes | bytearray | memoryview) -> tuple[str, str, str, str, bytes]:
+    """Parse one complete frame strictly into ``(room, event, dst, src, payload)``.
+
+    The server's hot path uses this instead of :meth:`Message.decode`: a
+    tuple costs a fraction of a frozen attrs instance. Raises
+    :class:`FrameError` like :meth:`Message.decode`. Nothing is allocated
+    beyond the bytes given: lengths are checked against the buffer before
+    any field is copied.
+    """
+    view = memoryview(data)
+    size = len(view)
+    if size < MIN_FRAME_SIZE:
+        raise FrameError(f"frame of {size} bytes is shorter than {MIN_FRAME_SIZE}", size)
+    fields: list[str] = []
+    offset = 0
+    for name in _STRING_FIELDS:
         if offset + HEADER_SIZE > size:
-            raise FrameError("length of field 'payload' is cut off", offset)
+            raise FrameError(f"length of field {name!r} is cut off", offset)
         (length,) = _unpack_len_from(view, offset)
         start = offset + HEADER_SIZE
         end = start + length
         if end > size:
             raise FrameError(
-                f"field 'payload' claims {length} bytes but only {size - start} remain", offset
+                f"field {name!r} claims {length} bytes but only {size - start} remain",
+                offset,
             )
-        if end != size:
-            raise FrameError(f"{size - end} trailing bytes after the payload", end)
-        return cls(fields[0], fields[1], fields[2], fields[3], bytes(view[start:end]))
+        try:
+            fields.append(str(view[start:end], "utf-8"))
+        except UnicodeDecodeError as exc:
+            raise FrameError(
+                f"field {name!r} is not valid UTF-8 ({exc.reason})", start + exc.start
+            ) from None
+        offset = end
+    if offset + HEADER_SIZE > size:
+        raise FrameError("length of field 'payload' is cut off", offset)
+    (length,) = _unpack_len_from(view, offset)
+    start = offset + HEADER_SIZE
+    end = start + length
+    if end > size:
+        raise FrameError(
+            f"field 'payload' claims {length} bytes but only {size - start} remain", offset
+        )
+    if end != size:
+        raise FrameError(f"{size - end} trailing bytes after the payload", end)
+    return fields[0], fields[1], fields[2], fields[3], bytes(view[start:end])

@@ -54,7 +54,14 @@ from .extension import (
 )
 from .handshake import Reject, Request, RequestError, origin_allowed
 from .metrics import Metrics
-from .protocol import RESERVED_EVENTS, FrameError, Message, encode, member_list_payload
+from .protocol import (
+    RESERVED_EVENTS,
+    FrameError,
+    Message,
+    decode_fields,
+    encode,
+    member_list_payload,
+)
 from .rooms import RoomRegistry
 from .settings import Settings
 from .transport import RECEIVE_SIZE, StreamTransport, close_stream
@@ -591,93 +598,103 @@ class Server:
     # -- inbound frames ------------------------------------------------------
 
     async def _handle_data(self, conn: Connection, data: bytes) -> None:
-        """Apply the protocol's rules to one inbound message."""
+        """Apply the protocol's rules to one inbound message.
+
+        The hot path of the server: fields stay a tuple, and a
+        :class:`Message` is built only for a handler.
+        """
         metrics = self.metrics
         metrics.messages_in += 1
         metrics.bytes_in += len(data)
         if not conn._take_token():
-            metrics.frames_dropped["rate_limited"] += 1
-            conn.frames_dropped += 1
-            if conn.extended:
-                # Decoded only to answer the request it may be.
-                try:
-                    dropped: Message | None = Message.decode(data)
-                except FrameError:
-                    dropped = None
-                self._send_error(
-                    conn,
-                    dropped.room if dropped else ROOT,
-                    ErrorCode.RATE_LIMITED,
-                    "rate limit exceeded",
-                    event=dropped.event if dropped else "",
-                    ref=request_ref(dropped.src) if dropped else None,
-                )
+            self._rate_limited(conn, data)
             return
         try:
-            msg = Message.decode(data)
+            room, event, dst, src, payload = decode_fields(data)
         except FrameError as exc:
             self._bad_frame(conn, str(exc))
             return
-        ref = request_ref(msg.src) if conn.extended else None
-        try:
-            _check_fields(msg, self.settings.max_field_length)
-        except FrameError as exc:
-            self._bad_frame(conn, str(exc), ref=ref)
-            return
-        event = msg.event
+        ref = request_ref(src) if conn.extended else None
+        limit = self.settings.max_field_length
+        # A string of at most limit/4 characters fits in limit bytes of UTF-8.
+        quarter = limit // 4
+        if len(room) > quarter or len(event) > quarter or len(dst) > quarter or len(src) > quarter:
+            try:
+                _check_fields(room, event, dst, src, limit)
+            except FrameError as exc:
+                self._bad_frame(conn, str(exc), ref=ref)
+                return
         if event == "join":
-            if await self._join(conn, msg.room, ref=ref) and ref is not None:
-                self._send_reply(conn, msg.room, ref, None)
+            if await self._join(conn, room, ref=ref) and ref is not None:
+                self._send_reply(conn, room, ref, None)
         elif event == "leave":
-            await self._leave(conn, msg.room)
+            await self._leave(conn, room)
             if ref is not None:
-                self._send_reply(conn, msg.room, ref, None)
+                self._send_reply(conn, room, ref, None)
         elif event == ACK:
             # Consumed even without a session: it is never broadcast.
             if conn.replay is not None:
                 try:
-                    conn.replay.acknowledge(int(msg.payload))
+                    conn.replay.acknowledge(int(payload))
                 except ValueError:
                     self._bad_frame(conn, "acknowledgement is not a number")
         elif event in RESERVED_EVENTS or event.startswith(EXTENSION_PREFIX):
             # trioroom.* names are the extension's: a client forging one could
             # confuse other clients' frame counting.
             self._bad_frame(conn, f"clients may not send reserved event {event!r}", ref=ref)
-        elif msg.dst:
-            frame = binary_frame(encode(msg.room, event, msg.dst, conn.id, msg.payload))
-            if self._send_direct(msg.dst, frame, msg.room, conn):
+        elif dst:
+            frame = binary_frame(encode(room, event, dst, conn.id, payload))
+            if self._send_direct(dst, frame, room, conn):
                 if ref is not None:
-                    self._send_reply(conn, msg.room, ref, None)
+                    self._send_reply(conn, room, ref, None)
             elif conn.extended:
                 self._send_error(
                     conn,
-                    msg.room,
+                    room,
                     ErrorCode.UNKNOWN_DESTINATION,
-                    f"no connection {msg.dst}",
+                    f"no connection {dst}",
                     event=event,
                     ref=ref,
                 )
         elif event in self._handlers:
-            await self._call_handler(conn, msg, ref)
+            await self._call_handler(conn, Message(room, event, dst, conn.id, payload), ref)
         else:
-            room = self._rooms.get(msg.room)
-            if room is None or conn.id not in room.members:
+            members = self._rooms.get(room)
+            if members is None or conn.id not in members.members:
                 metrics.frames_dropped["not_a_member"] += 1
-                conn.log.debug("broadcast to %r dropped: not a member", msg.room)
+                conn.log.debug("broadcast to %r dropped: not a member", room)
                 if conn.extended:
                     self._send_error(
                         conn,
-                        msg.room,
+                        room,
                         ErrorCode.NOT_A_MEMBER,
-                        f"not a member of room {msg.room!r}",
+                        f"not a member of room {room!r}",
                         event=event,
                         ref=ref,
                     )
                 return
-            message = encode(msg.room, event, "", conn.id, msg.payload)
-            self._fanout(msg.room, message, binary_frame(message), conn.id)
+            message = encode(room, event, "", conn.id, payload)
+            self._fanout(room, message, binary_frame(message), conn.id)
             if ref is not None:
-                self._send_reply(conn, msg.room, ref, None)
+                self._send_reply(conn, room, ref, None)
+
+    def _rate_limited(self, conn: Connection, data: bytes) -> None:
+        self.metrics.frames_dropped["rate_limited"] += 1
+        conn.frames_dropped += 1
+        if conn.extended:
+            # Decoded only to answer the request it may be.
+            try:
+                dropped: Message | None = Message.decode(data)
+            except FrameError:
+                dropped = None
+            self._send_error(
+                conn,
+                dropped.room if dropped else ROOT,
+                ErrorCode.RATE_LIMITED,
+                "rate limit exceeded",
+                event=dropped.event if dropped else "",
+                ref=request_ref(dropped.src) if dropped else None,
+            )
 
     def _send_reply(self, conn: Connection, room: str, ref: str, value: Any) -> None:
         conn._deliver(binary_frame(reply_message(room, ref, value)))
@@ -706,8 +723,6 @@ class Server:
             conn.abort(CloseCode.POLICY_VIOLATION, "too many malformed frames", "bad_frames")
 
     async def _call_handler(self, conn: Connection, msg: Message, ref: str | None = None) -> Any:
-        if msg.src != conn.id:
-            msg = attrs.evolve(msg, src=conn.id)
         handler = self._handlers[msg.event]
         metrics = self.metrics
         metrics.handler_calls += 1
@@ -1058,9 +1073,8 @@ def _as_bytes(payload: bytes | str) -> bytes:
     return payload.encode() if isinstance(payload, str) else bytes(payload)
 
 
-def _check_fields(msg: Message, limit: int) -> None:
-    for name in ("room", "event", "dst", "src"):
-        value: str = getattr(msg, name)
+def _check_fields(room: str, event: str, dst: str, src: str, limit: int) -> None:
+    for name, value in (("room", room), ("event", event), ("dst", dst), ("src", src)):
         if len(value) > limit // 4 and len(value.encode()) > limit:
             raise FrameError(f"field {name!r} is longer than {limit} bytes", 0)
 

@@ -1,7 +1,8 @@
 """Shared wsrooms room logic for the benchmark peers (not the library).
 
 Every peer server in this folder uses the same :class:`Hub`, so they all have
-the same semantics as ``python -m trioroom serve --no-root-notices``:
+the same semantics as ``python -m trioroom serve --no-root-notices
+--root-member-list-limit 1``:
 
 * on connect: a new v4 UUID, membership of ``root``, a ``join_ack`` for
   ``root`` with ``src`` = the id (payload: the member list ``[id]``; no
