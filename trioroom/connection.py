@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["CloseCode", "Connection", "Transport"]
 
 logger = logging.getLogger("trioroom.connection")
+_WRITER = "trioroom.Connection._writer"
+_HEARTBEAT = "trioroom.Connection._heartbeat"
 
 
 class CloseCode:
@@ -188,6 +190,12 @@ class Connection:
         if self._log is None:
             self._log = ConnectionLogger(logger, {"conn_id": self.id})
         return self._log
+
+    def _debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        # Checked first: the logger adapter would otherwise be made (and kept,
+        # ~300 bytes) for every connection just to drop the record.
+        if logger.isEnabledFor(logging.DEBUG):
+            self.log.debug(msg, *args, **kwargs)
 
     @property
     def rooms(self) -> frozenset[str]:
@@ -349,8 +357,9 @@ class Connection:
                 nursery.cancel_scope.cancel()
             if self._preamble:
                 self._wake_writer()
-            nursery.start_soon(self._writer, transport, nursery.cancel_scope)
-            nursery.start_soon(self._heartbeat, transport)
+            # Constant names: trio would otherwise format one per task.
+            nursery.start_soon(self._writer, transport, nursery.cancel_scope, name=_WRITER)
+            nursery.start_soon(self._heartbeat, transport, name=_HEARTBEAT)
             # The reader runs in the nursery's own task: one task fewer per
             # connection, and it is cancelled with the others all the same.
             await self._reader(transport, nursery.cancel_scope)

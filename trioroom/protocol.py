@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 _LEN = struct.Struct(">I")
+# One encoder for all calls: json.dumps with separators builds a new one each time.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 _pack_len = _LEN.pack
 _unpack_len_from = _LEN.unpack_from
 
@@ -97,7 +99,7 @@ def encode(room: str, event: str, dst: str, src: str, payload: bytes) -> bytes:
 
 def member_list_payload(member_ids: Iterable[str]) -> bytes:
     """Encode a member list as the compact JSON array of strings clients expect."""
-    return json.dumps(list(member_ids), separators=(",", ":")).encode()
+    return _compact_json(list(member_ids)).encode()
 
 
 def _as_bytes(value: bytes | bytearray | memoryview | str) -> bytes:

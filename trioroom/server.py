@@ -194,6 +194,8 @@ class Server:
         return hook
 
     async def _run_hooks(self, name: str, *args: Any) -> None:
+        # Callers check ``self._hooks[name]`` first: most servers have no
+        # hooks, and a coroutine per join and leave is not free.
         for hook in self._hooks[name]:
             try:
                 await hook(*args)
@@ -334,8 +336,12 @@ class Server:
         finally:
             if not registered:
                 self._handshaking -= 1
-            with trio.CancelScope(shield=True):
-                await close_stream(stream)
+            if isinstance(stream, trio.SocketStream):
+                # Synchronous: no shielded scope needed (one less per connection).
+                stream.socket.close()
+            else:
+                with trio.CancelScope(shield=True):
+                    await close_stream(stream)
 
     async def _open(
         self, stream: trio.abc.Stream, protocol: ServerProtocol, remote: str | None
@@ -443,8 +449,9 @@ class Server:
                 self._connections[conn.id] = conn
                 self._handshaking -= 1
                 self.metrics.connections_opened += 1
-                conn.log.debug("connected from %s", conn.remote_address)
-                await self._run_hooks("connect", conn)
+                conn._debug("connected from %s", conn.remote_address)
+                if self._hooks["connect"]:
+                    await self._run_hooks("connect", conn)
             while True:
                 transport_closed = False
                 await conn._serve(transport)
@@ -474,7 +481,8 @@ class Server:
                     if not transport_closed:
                         await conn._close_transport(transport)
                     conn.closed.set()
-                    await self._run_hooks("disconnect", conn)
+                    if self._hooks["disconnect"]:
+                        await self._run_hooks("disconnect", conn)
 
     # -- sessions of the trioroom.v1 extension ------------------------------------
 
@@ -566,7 +574,7 @@ class Server:
         metrics.disconnects[conn.disconnect_reason or "cancelled"] += 1
         if conn.close_code is not None:
             metrics.close_codes[conn.close_code] += 1
-        conn.log.debug(
+        conn._debug(
             "disconnected: %s (code %s %s)",
             conn.disconnect_reason or "cancelled",
             conn.close_code,
@@ -662,7 +670,7 @@ class Server:
             members = self._rooms.get(room)
             if members is None or conn.id not in members.members:
                 metrics.frames_dropped["not_a_member"] += 1
-                conn.log.debug("broadcast to %r dropped: not a member", room)
+                conn._debug("broadcast to %r dropped: not a member", room)
                 if conn.extended:
                     self._send_error(
                         conn,
@@ -815,8 +823,9 @@ class Server:
                 notice = encode(name, "new_member", "", "", conn.id.encode())
                 self._fanout(name, notice, binary_frame(notice), conn.id, count=False)
         if new:
-            conn.log.debug("joined", extra={"room": name})
-            await self._run_hooks("join", conn, name)
+            conn._debug("joined", extra={"room": name})
+            if self._hooks["join"]:
+                await self._run_hooks("join", conn, name)
         return True
 
     async def _member_ids(
@@ -855,8 +864,9 @@ class Server:
         if ack:
             conn._deliver(binary_frame(encode(name, "leave_ack", "", conn.id, conn.id.encode())))
         if left:
-            conn.log.debug("left", extra={"room": name})
-            await self._run_hooks("leave", conn, name)
+            conn._debug("left", extra={"room": name})
+            if self._hooks["leave"]:
+                await self._run_hooks("leave", conn, name)
 
     def _remove_member(self, conn: Connection, name: str, members: dict[str, Connection]) -> None:
         del members[conn.id]
@@ -939,7 +949,7 @@ class Server:
             return self.backplane.publish_direct(conn_id, frame_payload(frame))
         self.metrics.frames_dropped["unknown_dst"] += 1
         if sender is not None:
-            sender.log.debug("direct message to unknown %s dropped", conn_id, extra={"room": room})
+            sender._debug("direct message to unknown %s dropped", conn_id, extra={"room": room})
         return False
 
     # -- public API for applications -------------------------------------------
