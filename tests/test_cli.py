@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -15,7 +16,14 @@ import pytest
 import trio
 
 from trioroom import Server, Settings
-from trioroom.cli import build_parser, main, settings_from_args
+from trioroom.cli import (
+    COMMAND_OPTIONS,
+    build_parser,
+    command_options,
+    main,
+    settings_from_args,
+    tune_gc,
+)
 from trioroom.metrics import PrometheusCollector
 from trioroom.protocol import Message
 
@@ -296,7 +304,7 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert exited.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
     names = [field.name for field in attrs.fields(Settings)]
-    names += ["host", "port", "log_level", "log_format", "demo", "metrics"]
+    names += [option.dest for option in COMMAND_OPTIONS]
     for name in names:
         flag = "--" + name.replace("_", "-")
         env = "TRIOROOM_" + name.upper()
@@ -367,7 +375,7 @@ async def test_second_signal_forces_the_shutdown() -> None:
 def test_operations_doc_lists_every_option_and_metric() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
     names = [field.name for field in attrs.fields(Settings)]
-    names += ["host", "port", "log_level", "log_format", "demo", "metrics"]
+    names += [option.dest for option in COMMAND_OPTIONS]
     for name in names:
         flag = "--" + name.replace("_", "-")
         assert f"| `{flag}` | `TRIOROOM_{name.upper()}` |" in doc, flag
@@ -377,3 +385,21 @@ def test_operations_doc_lists_every_option_and_metric() -> None:
         suffix = "_total" if family.type == "counter" else ""
         assert f"`{family.name}{suffix}" in doc, family.name
     assert "## Limits and close codes" in doc
+
+
+def test_gc_threshold_option_tunes_the_collector_and_zero_leaves_it_alone() -> None:
+    args = build_parser().parse_args(["serve", "--gc-threshold", "12345"])
+    assert command_options(args, {})["gc_threshold"] == 12345
+    args = build_parser().parse_args(["serve"])
+    assert command_options(args, {"TRIOROOM_GC_THRESHOLD": "0"})["gc_threshold"] == 0
+    before = gc.get_threshold()
+    try:
+        tune_gc(0)
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() == 0
+        tune_gc(12345)
+        assert gc.get_threshold() == (12345, *before[1:])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -18,6 +18,7 @@ passed); a second signal exits at once, with status 1.
 from __future__ import annotations
 
 import argparse
+import gc
 import inspect
 import logging
 import os
@@ -38,7 +39,7 @@ from .server import Server
 from .settings import Settings
 from .web import WebApp
 
-__all__ = ["build_parser", "configure_logging", "main", "settings_from_args"]
+__all__ = ["build_parser", "configure_logging", "main", "settings_from_args", "tune_gc"]
 
 logger = logging.getLogger("trioroom.cli")
 
@@ -147,6 +148,10 @@ COMMAND_OPTIONS = (
            metavar="BOOL", is_bool=True),
     Option("metrics", parse_bool, True, "Serve Prometheus metrics at /metrics.",
            metavar="BOOL", is_bool=True),
+    Option("gc_threshold", _number(int), 50_000,
+           "Allocations between young-generation garbage collections (Python's default "
+           "is 700); 0 keeps Python's default. See docs/operations.md.",
+           metavar="N"),
 )  # fmt: skip
 
 
@@ -323,13 +328,32 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
 
 
 def command_options(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
-    """``host``, ``port``, ``log_level``, ``log_format``, ``demo``, ``metrics``."""
+    """The values of :data:`COMMAND_OPTIONS` (``host``, ``port``, ``gc_threshold``...)."""
     values = {option.dest: option.default for option in COMMAND_OPTIONS}
     values.update(_resolve(COMMAND_OPTIONS, args, environ))
     return values
 
 
 # -- running ---------------------------------------------------------------------
+
+
+def tune_gc(threshold: int) -> None:
+    """Make the cyclic garbage collector run less often, and never over start-up objects.
+
+    With Python's default (a collection every 700 net allocations), a busy
+    server spends about a tenth of its time in the collector, in pauses of up
+    to tens of milliseconds that show up directly in delivery latency.
+    Reference counting frees almost everything a connection allocates; the
+    collector is only needed for cycles, which a larger threshold still
+    finds. ``gc.freeze`` moves what exists now (modules, the server) out of
+    every later collection. ``threshold=0`` changes nothing.
+    """
+    if threshold <= 0:
+        return
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(threshold, older, oldest)
 
 
 def configure_logging(level: str, fmt: str) -> None:
@@ -460,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(workers.supervise(cluster, argv, options["host"], options["port"], settings.path))
     server = workers.make_server(cluster, settings)
     server.process_request = WebApp(server, demo=options["demo"], metrics=options["metrics"])
+    tune_gc(options["gc_threshold"])
     failure = ""
     status = 1
     try:
