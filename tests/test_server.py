@@ -257,6 +257,42 @@ async def test_handler_runs_instead_of_broadcast(start_server: StartServer) -> N
     await b.expect_nothing()
 
 
+async def test_handler_reads_request_headers_and_query_of_an_open_connection(
+    start_server: StartServer,
+) -> None:
+    server = Server(root_notices=False)
+
+    @server.on("whoami")
+    async def whoami(conn: Connection, msg: Message) -> None:
+        headers = conn.request.headers
+        value = f"{headers['X-Team']}|{headers.get_all('X-Tag')}|{conn.request.query}"
+        await conn.send("you", value)
+
+    _, address = await start_server(server)
+    a = await RawClient.connect(
+        address,
+        path="/ws?team=blue",
+        headers=[("X-Team", "red"), ("X-Tag", "one"), ("x-tag", "two")],
+    )
+    await a.send(Message("root", "whoami"))
+    reply = await a.recv_until("you")
+    assert reply.payload == b"red|['one', 'two']|{'team': 'blue'}"
+
+
+async def test_closed_event_made_after_the_close_is_already_set(
+    start_server: StartServer,
+) -> None:
+    server, address = await start_server()
+    a = await RawClient.connect(address)
+    conn = server.connection(a.id)
+    assert conn is not None
+    await a.close()
+    await wait_until(lambda: server.connection(a.id) is None)
+    with trio.fail_after(5):
+        await conn.closed.wait()
+    assert conn.data == {}
+
+
 async def test_direct_message_wins_over_handler(start_server: StartServer) -> None:
     server = Server(root_notices=False)
     calls: list[Message] = []

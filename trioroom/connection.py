@@ -100,7 +100,10 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_cancel_scope",
+        "_closed",
+        "_data",
         "_drop_oldest",
+        "_ended",
         "_graceful",
         "_inflight",
         "_log",
@@ -121,8 +124,6 @@ class Connection:
         "claims",
         "close_code",
         "close_reason",
-        "closed",
-        "data",
         "disconnect_reason",
         "extended",
         "frames_dropped",
@@ -154,14 +155,16 @@ class Connection:
         self.close_reason: str = ""
         self.disconnect_reason: str = ""
         self._graceful = True
-        self.closed = trio.Event()
+        # Made on demand (see the properties): most connections are never
+        # waited on and never given application data.
+        self._closed: trio.Event | None = None
+        self._ended = False
+        self._data: dict[str, Any] | None = None
         self.frames_dropped = 0
         self.bad_frames = 0
         self._tokens = float(settings.rate_burst)
         self._tokens_at = 0.0
         self._log: ConnectionLogger | None = None
-        #: Free for the application: per-connection state of your own.
-        self.data: dict[str, Any] = {}
         # The trioroom.v1 extension (see trioroom.extension).
         #: True when the client negotiated ``trioroom.v1``.
         self.extended = False
@@ -183,6 +186,31 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.id}>"
+
+    @property
+    def closed(self) -> trio.Event:
+        """Set once the connection is closed and has left its rooms."""
+        if self._closed is None:
+            self._closed = trio.Event()
+            if self._ended:
+                self._closed.set()
+        return self._closed
+
+    def _set_closed(self) -> None:
+        self._ended = True
+        if self._closed is not None:
+            self._closed.set()
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Free for the application: per-connection state of your own."""
+        if self._data is None:
+            self._data = {}
+        return self._data
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        self._data = value
 
     @property
     def log(self) -> ConnectionLogger:

@@ -480,7 +480,7 @@ class Server:
                     self._record_close(conn)
                     if not transport_closed:
                         await conn._close_transport(transport)
-                    conn.closed.set()
+                    conn._set_closed()
                     if self._hooks["disconnect"]:
                         await self._run_hooks("disconnect", conn)
 
