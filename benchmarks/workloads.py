@@ -89,7 +89,7 @@ MODES: dict[str, Settings] = {
         idle_settle_s=0.3,
         dm_pairs=[1],
     ),
-    "quick": Settings(mode="quick"),
+    "quick": Settings(mode="quick", chat_sweep=True),
     "full": Settings(
         mode="full",
         warmup_s=2.0,
