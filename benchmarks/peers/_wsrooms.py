@@ -21,6 +21,7 @@ The same ``message`` bytes object goes to every target of a pair.
 
 from __future__ import annotations
 
+import gc
 import json
 import struct
 import uuid
@@ -186,4 +187,21 @@ def parse_args(description: str) -> Any:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--queue", type=int, default=256, help="per-connection queue bound (messages)")
-    return p.parse_args()
+    p.add_argument(
+        "--gc-threshold",
+        type=int,
+        default=0,
+        help="young-generation GC threshold, as trioroom serve's option (0: Python's default)",
+    )
+    args = p.parse_args()
+    tune_gc(args.gc_threshold)
+    return args
+
+
+def tune_gc(threshold: int) -> None:
+    """What ``trioroom serve --gc-threshold`` does (see trioroom.cli.tune_gc)."""
+    if threshold > 0:
+        gc.collect()
+        gc.freeze()
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(threshold, older, oldest)
