@@ -427,15 +427,19 @@ class Connection:
         scope.cancel()
 
     async def _writer(self, transport: Transport, scope: trio.CancelScope) -> None:
+        receive = self._receive_channel.receive
         receive_nowait = self._receive_channel.receive_nowait
         while True:
-            frames = [await self._receive_channel.receive()]
-            try:
-                while True:
-                    frames.append(receive_nowait())
-            except trio.WouldBlock:
-                pass
-            self._queued_bytes -= sum(map(len, frames))
+            first = await receive()
+            frames = [first]
+            # _queued_bytes is the size of what the channel holds, so it says
+            # whether more is waiting; asking receive_nowait until it raises
+            # WouldBlock would cost an exception per write.
+            self._queued_bytes -= len(first)
+            while self._queued_bytes > 0:
+                frame = receive_nowait()
+                self._queued_bytes -= len(frame)
+                frames.append(frame)
             if self.replay is not None:
                 # Numbered as sent: a frame lost with the socket is replayed.
                 for frame in frames:
