@@ -430,21 +430,18 @@ class Connection:
         receive = self._receive_channel.receive
         receive_nowait = self._receive_channel.receive_nowait
         while True:
-            first = await receive()
-            frames = [first]
+            frames = [await receive()]
             # _queued_bytes is the size of what the channel holds, so it says
             # whether more is waiting; asking receive_nowait until it raises
-            # WouldBlock would cost an exception per write.
-            self._queued_bytes -= len(first)
-            while self._queued_bytes > 0:
-                frame = receive_nowait()
-                self._queued_bytes -= len(frame)
-                frames.append(frame)
+            # WouldBlock would cost an exception per write. (No local names
+            # the last frame: it would stay alive while the writer waits.)
+            queued = self._queued_bytes - len(frames[0])
+            while queued > 0:
+                frames.append(receive_nowait())
+                queued -= len(frames[-1])
+            self._queued_bytes = queued
             if self.replay is not None:
-                # Numbered as sent: a frame lost with the socket is replayed.
-                for frame in frames:
-                    if frame:
-                        self.replay.record(frame)
+                self._record(frames)
             if self._preamble:
                 frames = self._preamble + frames
                 self._preamble = []
@@ -472,6 +469,13 @@ class Connection:
                 # A graceful close: everything queued before it is written.
                 scope.cancel()
                 return
+
+    def _record(self, frames: list[bytes]) -> None:
+        # Numbered as sent: a frame lost with the socket is replayed.
+        assert self.replay is not None
+        for frame in frames:
+            if frame:
+                self.replay.record(frame)
 
     async def _heartbeat(self, transport: Transport) -> None:
         """Ping the peer, and end writes that take longer than ``write_timeout``.

@@ -151,7 +151,7 @@ class StreamTransport:
             frames = self._control + frames
             self._control = []
         self._mid_write = True
-        await self._stream.send_all(b"".join(frames))
+        await self._stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
         self._mid_write = False
 
     async def ping(self) -> None:
