@@ -11,8 +11,11 @@ import socket
 import pytest
 import trio
 import trio.testing
+from websockets.server import ServerProtocol
 
 from trioroom import CloseCode, Connection, Message, Server
+from trioroom.transport import StreamTransport
+from trioroom.wsframe import binary_frame
 
 from .wire import HandshakeRejected, RawClient, StartServer, memory_client, wait_until
 
@@ -424,3 +427,44 @@ async def test_lifecycle_hooks_in_order(start_server: StartServer) -> None:
         ("leave", a.id, "root"),
         ("disconnect", a.id, "peer", "1000"),
     ]
+
+
+# -- the native transport ----------------------------------------------------------
+
+
+class RecordingStream(trio.abc.Stream):
+    """Records what is sent; never receives anything."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent.append(bytes(data))
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("not reached")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_wake_ups_alone_are_not_written() -> None:
+    """A writer woken with nothing to send must not call send_all(b"").
+
+    trio's send_all(b"") is a checkpoint: a connection closing at that moment
+    looked like a write cut in half, and its close frame (with any error
+    queued before it) was never sent.
+    """
+    stream = RecordingStream()
+    transport = StreamTransport(stream, ServerProtocol())
+    await transport.write([b""])
+    await transport.write([b"", b""])
+    assert stream.sent == []
+    frame = binary_frame(b"x")
+    await transport.write([b"", frame])
+    assert stream.sent == [frame]

@@ -150,8 +150,13 @@ class StreamTransport:
         if self._control:
             frames = self._control + frames
             self._control = []
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        if not data:
+            # Only wake-ups: trio's send_all(b"") is a checkpoint, and a
+            # cancellation there would look like a write cut in half.
+            return
         self._mid_write = True
-        await self._stream.send_all(frames[0] if len(frames) == 1 else b"".join(frames))
+        await self._stream.send_all(data)
         self._mid_write = False
 
     async def ping(self) -> None:
