@@ -61,3 +61,24 @@ def test_smoke_run_reports_every_workload(tmp_path: Path) -> None:
         assert res["chat"]["lost"] == 0
         assert res["idle"]["connections"] == data["meta"]["settings"]["idle_conns"]
     assert {t["target"] for t in data["targets"]}
+
+
+def test_memprofile_accounts_for_the_connections_it_opened() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memprofile", "--conns", "50", "--top", "5"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "50 idle connections"
+    traced = int(lines[2].split(": ")[1].split(" B/")[0].replace(",", ""))
+    # A connection holds at least its tasks, queue and protocol state.
+    assert traced > 5_000
+    # Every row is attributed to a line of code.
+    assert all(":" in line for line in lines[3:8])
