@@ -28,7 +28,7 @@ import trio
 
 import trioroom
 
-HOST = "127.0.0.1"
+from .procs import HOST, proc_rss_kib
 
 
 def hold_connections(port: int, count: int) -> None:
@@ -51,14 +51,6 @@ def hold_connections(port: int, count: int) -> None:
     sys.stdin.read()
 
 
-def rss_kib() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1])
-    return 0
-
-
 def where(trace: tracemalloc.Traceback) -> str:
     for frame in reversed(trace):  # innermost first
         if f"{os.sep}trioroom{os.sep}" in frame.filename:
@@ -76,7 +68,7 @@ async def profile(count: int, top: int) -> None:
         gc.collect()
         tracemalloc.start(40)
         before = tracemalloc.take_snapshot()
-        rss_before = rss_kib()
+        rss_before = proc_rss_kib(os.getpid())
         child = await trio.lowlevel.open_process(
             [sys.executable, "-m", "benchmarks.memprofile", "--child", str(port), str(count)],
             stdin=subprocess.PIPE,
@@ -98,7 +90,7 @@ async def profile(count: int, top: int) -> None:
         await trio.sleep(0.5)
         gc.collect()
         after = tracemalloc.take_snapshot()
-        rss_after = rss_kib()
+        rss_after = proc_rss_kib(os.getpid())
         groups: collections.Counter[str] = collections.Counter()
         for stat in after.compare_to(before, "traceback"):
             groups[where(stat.traceback)] += stat.size_diff

@@ -153,8 +153,8 @@ def decode_fields(data: bytes | bytearray | memoryview) -> tuple[str, str, str, 
     """
     # Slicing bytes is cheaper than slicing a memoryview for the short
     # fields of a frame; other buffers are copied once.
-    view = data if isinstance(data, bytes) else bytes(data)
-    size = len(view)
+    buf = data if isinstance(data, bytes) else bytes(data)
+    size = len(buf)
     if size < MIN_FRAME_SIZE:
         raise FrameError(f"frame of {size} bytes is shorter than {MIN_FRAME_SIZE}", size)
     fields: list[str] = []
@@ -162,7 +162,7 @@ def decode_fields(data: bytes | bytearray | memoryview) -> tuple[str, str, str, 
     for name in _STRING_FIELDS:
         if offset + HEADER_SIZE > size:
             raise FrameError(f"length of field {name!r} is cut off", offset)
-        (length,) = _unpack_len_from(view, offset)
+        (length,) = _unpack_len_from(buf, offset)
         start = offset + HEADER_SIZE
         end = start + length
         if end > size:
@@ -171,7 +171,7 @@ def decode_fields(data: bytes | bytearray | memoryview) -> tuple[str, str, str, 
                 offset,
             )
         try:
-            fields.append(view[start:end].decode())
+            fields.append(buf[start:end].decode())
         except UnicodeDecodeError as exc:
             raise FrameError(
                 f"field {name!r} is not valid UTF-8 ({exc.reason})", start + exc.start
@@ -179,7 +179,7 @@ def decode_fields(data: bytes | bytearray | memoryview) -> tuple[str, str, str, 
         offset = end
     if offset + HEADER_SIZE > size:
         raise FrameError("length of field 'payload' is cut off", offset)
-    (length,) = _unpack_len_from(view, offset)
+    (length,) = _unpack_len_from(buf, offset)
     start = offset + HEADER_SIZE
     end = start + length
     if end > size:
@@ -188,4 +188,4 @@ def decode_fields(data: bytes | bytearray | memoryview) -> tuple[str, str, str, 
         )
     if end != size:
         raise FrameError(f"{size - end} trailing bytes after the payload", end)
-    return fields[0], fields[1], fields[2], fields[3], view[start:end]
+    return fields[0], fields[1], fields[2], fields[3], buf[start:end]

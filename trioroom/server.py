@@ -64,7 +64,7 @@ from .protocol import (
 )
 from .rooms import RoomRegistry
 from .settings import Settings
-from .transport import RECEIVE_SIZE, StreamTransport, close_stream
+from .transport import RECEIVE_SIZE, StreamTransport, close_socket_now, close_stream
 from .wsframe import binary_frame, frame_payload
 
 __all__ = [
@@ -336,10 +336,8 @@ class Server:
         finally:
             if not registered:
                 self._handshaking -= 1
-            if isinstance(stream, trio.SocketStream):
-                # Synchronous: no shielded scope needed (one less per connection).
-                stream.socket.close()
-            else:
+            # A plain socket closes synchronously: no shielded scope needed.
+            if not close_socket_now(stream):
                 with trio.CancelScope(shield=True):
                     await close_stream(stream)
 

@@ -21,14 +21,20 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-__all__ = ["StreamTransport", "close_stream"]
+__all__ = ["StreamTransport", "close_socket_now", "close_stream"]
+
+
+def close_socket_now(stream: trio.abc.Stream) -> bool:
+    """Close a plain socket synchronously; ``False`` for other streams (TLS, memory)."""
+    if isinstance(stream, trio.SocketStream):
+        stream.socket.close()
+        return True
+    return False
 
 
 async def close_stream(stream: trio.abc.Stream) -> None:
     """Close without waiting for anything; a plain socket closes synchronously."""
-    if isinstance(stream, trio.SocketStream):
-        stream.socket.close()
-    else:
+    if not close_socket_now(stream):
         await trio.aclose_forcefully(stream)
 
 
