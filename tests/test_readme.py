@@ -25,3 +25,18 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
 def test_readme_run_command_starts_the_server() -> None:
     command = readme_block("run-command")
     assert "trioroom serve" in command
+
+
+def test_readme_links_resolve_inside_the_project() -> None:
+    # Users get the repository, not the folders beside it: every relative link
+    # must name a file of the project.
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    relative = [link for link in links if "://" not in link and not link.startswith("mailto:")]
+    assert relative, "README.md has no relative links to check"
+    missing = [
+        link
+        for link in relative
+        if not (ROOT / link).resolve().is_relative_to(ROOT) or not (ROOT / link).exists()
+    ]
+    assert missing == []
