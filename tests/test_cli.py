@@ -271,6 +271,8 @@ def _non_default(name: str, default: object) -> tuple[str, object]:
         return str(default + 3), default + 3
     if isinstance(default, float):
         return str(default + 1.5), default + 1.5
+    if name == "rate_limit":  # off (None) by default
+        return "50", 50.0
     if name == "slow_consumer_policy":
         return "drop_oldest", "drop_oldest"
     if name == "allowed_origins":

@@ -101,6 +101,34 @@ async def test_silent_socket_is_dropped_at_the_handshake_deadline(
     assert await client_stream.receive_some(100) == b""
 
 
+async def test_default_server_has_no_rate_limit_and_loses_nothing(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    # A feed or a game tick publishing fast must not lose messages unless the
+    # operator chose a rate limit: 1,000 messages at once all arrive, in order.
+    server = Server(root_notices=False, ping_interval=None)
+    assert server.settings.rate_limit is None
+    a = await memory_client(server, nursery)
+    b = await memory_client(server, nursery)
+    for i in range(1000):
+        await a.send(Message("root", "n", b.id, "", str(i)))
+    got = [(await b.recv()).payload for _ in range(1000)]
+    assert got == [str(i).encode() for i in range(1000)]
+    assert server.metrics.frames_dropped["rate_limited"] == 0
+
+
+@pytest.mark.parametrize("off", [0, None])
+async def test_rate_limit_zero_or_none_turns_it_off(
+    off: float | None, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(rate_limit=off, rate_burst=1, root_notices=False, ping_interval=None)
+    a = await memory_client(server, nursery)
+    b = await memory_client(server, nursery)
+    for i in range(50):
+        await a.send(Message("root", "n", b.id, "", str(i)))
+    assert [(await b.recv()).payload for _ in range(50)] == [str(i).encode() for i in range(50)]
+
+
 async def test_rate_limit_drops_messages_over_the_token_bucket(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:

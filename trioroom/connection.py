@@ -363,6 +363,7 @@ class Connection:
 
     def _take_token(self) -> bool:
         settings = self.server.settings
+        assert settings.rate_limit  # only asked when rate limiting is on
         now = trio.current_time()
         self._tokens = min(
             float(settings.rate_burst), self._tokens + (now - self._tokens_at) * settings.rate_limit

@@ -148,6 +148,7 @@ class Server:
         self._sessions: dict[str, Connection] = {}
         self._ended_sessions: OrderedDict[str, str] = OrderedDict()
         self.shutting_down = False
+        self._rate_limited_on = bool(settings.rate_limit)
 
     # -- registration ------------------------------------------------------
 
@@ -612,7 +613,7 @@ class Server:
         metrics = self.metrics
         metrics.messages_in += 1
         metrics.bytes_in += len(data)
-        if not conn._take_token():
+        if self._rate_limited_on and not conn._take_token():
             self._rate_limited(conn, data)
             return
         try:

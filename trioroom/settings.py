@@ -73,8 +73,13 @@ class Settings:
     max_connections: int = attrs.field(default=100_000, validator=_positive)
     #: Connections at once from one client IP address.
     max_connections_per_address: int = attrs.field(default=1024, validator=_positive)
-    #: Sustained inbound messages per second per connection (token bucket).
-    rate_limit: float = attrs.field(default=100.0, validator=_positive)
+    #: Sustained inbound messages per second per connection (token bucket);
+    #: ``None`` or 0 (the default) turns rate limiting off, as in the wsrooms
+    #: servers: a limit drops or refuses well-formed messages, so only the
+    #: operator can choose one.
+    rate_limit: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.ge(0))
+    )
     #: Burst size of that token bucket.
     rate_burst: int = attrs.field(default=200, validator=_positive)
     #: Malformed frames tolerated per connection before it is closed (1008).
