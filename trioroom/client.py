@@ -1455,11 +1455,13 @@ class Client(Room):
         if name == ROOT or not self._id:
             self._id = msg.src  # a root join_ack opens a session
         try:
-            ids = json.loads(msg.payload)
+            ids = _loads(msg.payload)
             if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                 raise ValueError("not a list of strings")
         except ValueError as exc:
-            logger.warning("join_ack of %r has a bad member list: %s", name, exc)
+            logger.warning(
+                "join_ack of %r has a bad member list: %s", name, exc, extra={"room": name}
+            )
             ids = [msg.src]
         room = self._rooms.get(name)
         if room is not None:
@@ -1496,9 +1498,21 @@ def _decode(data: bytes | str) -> Message | None:
         return None
 
 
+def _loads(payload: bytes) -> Any:
+    """``json.loads`` that raises ``ValueError`` for every payload it cannot parse.
+
+    A server can nest arrays deep enough to exhaust the parser's recursion
+    limit: that is bad JSON like any other, not a reason to end the client.
+    """
+    try:
+        return json.loads(payload)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def _json_object(payload: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(payload)
+        value = _loads(payload)
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
