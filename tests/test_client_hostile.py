@@ -20,7 +20,7 @@ from websockets.typing import Subprotocol
 
 import trioroom
 from trioroom import Message
-from trioroom.client import RequestFailed, ServerError
+from trioroom.client import ConnectionClosed, RequestFailed, ServerError
 from trioroom.extension import ERROR, REPLY, SESSION, SUBPROTOCOL
 
 from .wire import WAIT, wait_until
@@ -206,3 +206,37 @@ async def test_deeply_nested_answer_to_a_request_fails_it_as_unknown(
             assert failed.value.code == "unknown"
             # A reply's payload is the application's: returned as it came.
             assert await client.request("second") == NESTED
+
+
+# -- handshake_timeout on the first connect ---------------------------------------
+
+
+async def _no_101(peer: Peer) -> None:
+    await trio.sleep_forever()  # TCP accepted; the upgrade is never answered
+
+
+async def _no_join_ack(peer: Peer) -> None:
+    await peer.accept()
+    await trio.sleep_forever()
+
+
+async def _only_other_frames(peer: Peer) -> None:
+    await peer.accept()
+    while True:  # keeps the socket busy, but never opens the session
+        await peer.send(Message("root", "chat", "", "x", b"hi"))
+        await trio.sleep(0.05)
+
+
+@pytest.mark.parametrize("script", [_no_101, _no_join_ack, _only_other_frames])
+async def test_first_connect_is_bounded_by_handshake_timeout(
+    nursery: trio.Nursery, script: Script
+) -> None:
+    url = await serve_script(nursery, script)
+    timeout = 0.5
+    # Generous: only a client that never gives up reaches 10x the timeout.
+    with trio.fail_after(10 * timeout), pytest.raises(ConnectionClosed) as closed:
+        async with trioroom.connect(url, handshake_timeout=timeout):
+            pass  # pragma: no cover
+    assert closed.value.code == 1006
+    assert "no answer within 0.5s" in closed.value.reason
+    assert "handshake_timeout" in closed.value.reason

@@ -943,8 +943,9 @@ class Client(Room):
     ) -> ConnectionClosed | None:
         """Open one WebSocket and serve it until it ends; return why (``None``: we closed it).
 
-        Without ``ready`` this is a resume attempt: setting it up is bounded
-        by ``handshake_timeout``. Raises when the socket cannot be set up.
+        Without ``ready`` this is a resume attempt. Setting the socket up is
+        bounded by ``handshake_timeout`` either way. Raises when the socket
+        cannot be set up.
         """
         resuming = ready is None
         url = self._resume_url() if resuming else self.url
@@ -954,7 +955,9 @@ class Client(Room):
         old_id = self._id
         try:
             async with trio.open_nursery() as nursery:
-                deadline = trio.current_time() + self._handshake_timeout if resuming else math.inf
+                # The first connect too: a server that accepts the TCP
+                # connection and never opens the session must not hang connect().
+                deadline = trio.current_time() + self._handshake_timeout
                 with trio.CancelScope(deadline=deadline) as setup:
                     host, resource = _host_and_resource(url, self._ssl_context, stream)
                     if stream is None:
@@ -982,7 +985,10 @@ class Client(Room):
                     self.extended = extended
                     not_resumed = await self._read_opening(ws, resuming)
                 if setup.cancelled_caught:
-                    raise _AttemptFailed(f"no answer within {self._handshake_timeout:g}s")
+                    problem = f"no answer within {self._handshake_timeout:g}s (handshake_timeout)"
+                    if resuming:
+                        raise _AttemptFailed(problem)
+                    raise ConnectionClosed(_ABNORMAL, problem)
                 assert ws is not None
                 self._generation += 1
                 preamble: list[_Out] = []
@@ -1673,8 +1679,10 @@ async def connect(
             or no pong to the client's ping).
         resume_timeout: How long after a drop the client starts new resume
             attempts (default: the ``resume_window`` the server announced).
-        handshake_timeout: Bound of each resume attempt: TCP connection,
-            upgrade and the server's first frames.
+        handshake_timeout: Bound of the connect and of each resume attempt:
+            TCP connection, upgrade and the server's first frames, up to the
+            root ``join_ack``. A first connect that takes longer raises
+            :class:`ConnectionClosed` (1006).
         ping_interval: On an extended connection, ping the server this often;
             ``None`` for no pings.
         ping_timeout: A pong that takes longer means the connection is lost.
@@ -1684,7 +1692,8 @@ async def connect(
 
     Raises:
         ConnectionRejected: The server answered the upgrade with an HTTP error.
-        ConnectionClosed: The connection closed before the root ``join_ack``.
+        ConnectionClosed: The connection closed before the root ``join_ack``,
+            or that did not arrive within ``handshake_timeout`` (code 1006).
         OSError: The TCP connection failed (``ssl.SSLError`` for TLS errors).
         ValueError: ``url`` is not a ``ws://`` or ``wss://`` URL.
     """
