@@ -240,3 +240,29 @@ async def test_first_connect_is_bounded_by_handshake_timeout(
     assert closed.value.code == 1006
     assert "no answer within 0.5s" in closed.value.reason
     assert "handshake_timeout" in closed.value.reason
+
+
+# -- membership notices -----------------------------------------------------------
+
+
+async def test_many_member_notices_keep_order_and_never_duplicate(nursery: trio.Nursery) -> None:
+    count = 20_000
+    others = [f"m{i}" for i in range(count)]
+
+    async def script(peer: Peer) -> None:
+        await peer.accept()
+        await peer.send(Message("root", "join_ack", "", "me", '["me","a","a"]'))
+        notices = [Message("root", "new_member", "", "", m) for m in others]
+        notices += [Message("root", "new_member", "", "", m) for m in ("m5", "me", "a")]
+        notices += [Message("root", "member_left", "", "", m) for m in others[::2]]
+        notices += [Message("root", "member_left", "", "", m) for m in ("ghost", "m0", "m1")]
+        notices.append(Message("root", "new_member", "", "", "m1"))  # back: now the last
+        await peer.send(*notices, Message("root", "done"))
+
+    url = await serve_script(nursery, script)
+    with trio.fail_after(WAIT):
+        async with trioroom.connect(url) as client:
+            assert (await client.receive()).event == "done"
+            expected = ["me", "a", *(m for m in others[1::2] if m != "m1"), "m1"]
+            assert client.members() == expected
+            assert await client.wait_members(lambda ids: ids[-1] == "m1") == expected

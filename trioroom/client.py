@@ -290,7 +290,8 @@ class Room:
         self.name = name
         # joining -> joined -> leaving -> left; "closed" once the connection ended.
         self._state = "joining"
-        self._members: list[str] = []
+        # A dict as an ordered set: each notice is O(1), and join order is kept.
+        self._members: dict[str, None] = {}
         self._queue_send, self._queue = trio.open_memory_channel[Message](queue_size)
         self._handlers: dict[str, MessageHandler] = {}
         self._settled = trio.Event()  # join_ack arrived, or the connection ended
@@ -516,15 +517,14 @@ class Room:
     # -- called by the client's reader --------------------------------------
 
     def _set_members(self, ids: list[str]) -> None:
-        self._members = list(dict.fromkeys(ids))
+        self._members = dict.fromkeys(ids)
         self._notify_members()
 
     def _member_notice(self, event: str, member: str) -> None:
         if event == "new_member":
-            if member not in self._members:
-                self._members.append(member)
-        elif member in self._members:
-            self._members.remove(member)
+            self._members.setdefault(member)  # a repeated notice keeps the first place
+        else:
+            self._members.pop(member, None)
         self._notify_members()
 
     def _notify_members(self) -> None:
