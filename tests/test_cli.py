@@ -275,6 +275,8 @@ def _non_default(name: str, default: object) -> tuple[str, object]:
         return "50", 50.0
     if name == "slow_consumer_policy":
         return "drop_oldest", "drop_oldest"
+    if name == "rate_limit_policy":
+        return "drop", "drop"
     if name == "allowed_origins":
         return "https://a.example, https://b.example", ("https://a.example", "https://b.example")
     assert isinstance(default, str), name

@@ -6,6 +6,7 @@ nothing here waits for real time; the slow-consumer test uses real sockets.
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
@@ -130,9 +131,18 @@ async def test_rate_limit_zero_or_none_turns_it_off(
 
 
 async def test_rate_limit_drops_messages_over_the_token_bucket(
-    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server = Server(rate_limit=10, rate_burst=5, root_notices=False, ping_interval=None)
+    caplog.set_level(logging.INFO, logger="trioroom")
+    server = Server(
+        rate_limit=10,
+        rate_burst=5,
+        rate_limit_policy="drop",
+        root_notices=False,
+        ping_interval=None,
+    )
     a = await memory_client(server, nursery)
     b = await memory_client(server, nursery)
     for i in range(20):
@@ -140,6 +150,11 @@ async def test_rate_limit_drops_messages_over_the_token_bucket(
     got = [(await b.recv()).payload for _ in range(5)]
     assert got == [b"0", b"1", b"2", b"3", b"4"]
     await wait_until(lambda: server.metrics.frames_dropped["rate_limited"] == 15)
+    # Fifteen drops, one log line: a client must not be able to fill the disk.
+    logged = [r for r in caplog.records if "rate limit" in r.getMessage()]
+    assert len(logged) == 1
+    assert getattr(logged[0], "conn_id", None) == a.id
+    assert server.connection(a.id) is not None
     await trio.sleep(0.3)  # three more tokens
     for i in range(20, 30):
         await a.send(Message("root", "n", b.id, "", str(i)))
@@ -151,6 +166,42 @@ async def test_rate_limit_drops_messages_over_the_token_bucket(
         await a.send(Message("root", "n", b.id, "", str(i)))
     await wait_until(lambda: server.metrics.frames_dropped["rate_limited"] == 22 + 5)
     assert [(await b.recv()).payload for _ in range(5)] == [b"30", b"31", b"32", b"33", b"34"]
+
+
+async def test_rate_limit_policy_close_is_the_default_and_tells_plain_clients(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(rate_limit=10, rate_burst=5, root_notices=False, ping_interval=None)
+    assert server.settings.rate_limit_policy == "close"
+    a = await memory_client(server, nursery)
+    b = await memory_client(server, nursery)
+    for i in range(6):
+        await a.send(Message("root", "n", b.id, "", str(i)))
+    # A plain wsrooms client learns why through the close frame.
+    assert await a.wait_closed() == (CloseCode.POLICY_VIOLATION, "rate limit")
+    # What came within the limit was delivered before the close.
+    got = [(await b.recv()).payload for _ in range(5)]
+    assert got == [str(i).encode() for i in range(5)]
+    await wait_until(lambda: server.connection(a.id) is None)
+    assert server.metrics.disconnects["rate_limited"] == 1
+    assert server.metrics.close_codes[CloseCode.POLICY_VIOLATION] == 1
+    assert server.metrics.frames_dropped["rate_limited"] == 1
+    await b.expect_nothing()
+
+
+async def test_rate_limit_close_tells_an_extended_client_which_request(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(rate_limit=1, rate_burst=1, ping_interval=None, root_notices=False)
+    raw = await memory_client(server, nursery, subprotocols=["trioroom.v1"], read_root_ack=False)
+    while (await raw.recv()).event != "join_ack":
+        pass
+    await raw.send(Message("root", "x", "", "?1", b""))
+    await raw.send(Message("root", "x", "", "?2", b""))
+    assert (await raw.recv()).dst == "?1"  # the reply to the broadcast
+    error = await raw.recv()
+    assert (error.event, error.dst) == ("trioroom.error", "?2")
+    assert await raw.wait_closed() == (CloseCode.POLICY_VIOLATION, "rate limit")
 
 
 async def test_graceful_shutdown_finishes_within_deadline_despite_stuck_client(

@@ -53,6 +53,7 @@ from .extension import (
     session_message,
 )
 from .handshake import Reject, Request, RequestError, origin_allowed
+from .log import BoundedLog
 from .metrics import Metrics
 from .protocol import (
     RESERVED_EVENTS,
@@ -149,6 +150,8 @@ class Server:
         self._ended_sessions: OrderedDict[str, str] = OrderedDict()
         self.shutting_down = False
         self._rate_limited_on = bool(settings.rate_limit)
+        # Drops a client can cause at will: logged at a bounded rate, by reason.
+        self._drop_log = BoundedLog(logging.getLogger("trioroom.connection"))
 
     # -- registration ------------------------------------------------------
 
@@ -688,6 +691,17 @@ class Server:
     def _rate_limited(self, conn: Connection, data: bytes) -> None:
         self.metrics.frames_dropped["rate_limited"] += 1
         conn.frames_dropped += 1
+        close = self.settings.rate_limit_policy == "close"
+        if conn.close_code is None:
+            self._drop_log.log(
+                logging.WARNING if close else logging.INFO,
+                "rate_limited",
+                "over the rate limit (%g messages/s, burst %d): %s",
+                self.settings.rate_limit,
+                self.settings.rate_burst,
+                "closing with 1008" if close else "message dropped",
+                extra={"conn_id": conn.id},
+            )
         if conn.extended:
             # Decoded only to answer the request it may be.
             try:
@@ -702,6 +716,10 @@ class Server:
                 event=dropped.event if dropped else "",
                 ref=request_ref(dropped.src) if dropped else None,
             )
+        if close:
+            # Graceful: the error event and what was queued before it go out
+            # ahead of the close frame.
+            conn.abort(CloseCode.POLICY_VIOLATION, "rate limit", "rate_limited", graceful=True)
 
     def _send_reply(self, conn: Connection, room: str, ref: str, value: Any) -> None:
         conn._deliver(binary_frame(reply_message(room, ref, value)))

@@ -11,9 +11,10 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["Settings", "SlowConsumerPolicy"]
+__all__ = ["RateLimitPolicy", "Settings", "SlowConsumerPolicy"]
 
 SlowConsumerPolicy = Literal["disconnect", "drop_oldest"]
+RateLimitPolicy = Literal["close", "drop"]
 
 
 def _positive(_inst: object, attribute: Any, value: Any) -> None:
@@ -82,6 +83,13 @@ class Settings:
     )
     #: Burst size of that token bucket.
     rate_burst: int = attrs.field(default=200, validator=_positive)
+    #: What a message over the rate limit does. ``close``: close with 1008
+    #: "rate limit", which every client sees, plain wsrooms ones included.
+    #: ``drop``: drop the message, count it, and send extended clients an
+    #: error event naming it; plain clients are not told.
+    rate_limit_policy: RateLimitPolicy = attrs.field(
+        default="close", validator=attrs.validators.in_(("close", "drop"))
+    )
     #: Malformed frames tolerated per connection before it is closed (1008).
     max_bad_frames: int = attrs.field(default=10, validator=attrs.validators.ge(0))
 
