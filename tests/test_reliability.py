@@ -15,6 +15,7 @@ import trio.testing
 from websockets.server import ServerProtocol
 
 from trioroom import CloseCode, Connection, Message, Server
+from trioroom.metrics import PrometheusCollector
 from trioroom.transport import StreamTransport
 from trioroom.wsframe import binary_frame
 
@@ -454,6 +455,32 @@ async def test_fuzzing_a_live_server_leaves_it_serving(
 
 
 # -- operations ------------------------------------------------------------------------------
+
+
+async def test_close_codes_chosen_by_clients_are_bucketed(start_server: StartServer) -> None:
+    # A client picks any code in 3000-4999: each must not become its own series.
+    server, address = await start_server(root_notices=False)
+    for code in (4321, 3999, 4999, 1000, 4001):
+        client = await RawClient.connect(address)
+        client.protocol.send_close(code, "bye")
+        await client._flush()
+        await client.wait_closed()
+        await client.stream.aclose()
+    await wait_until(lambda: server.metrics.connections_closed == 5)
+    # A code the application chose itself is kept.
+    kicked = await RawClient.connect(address)
+    assert await server.kick(kicked.id, 4100, "custom")
+    await wait_until(lambda: server.metrics.connections_closed == 6)
+    assert dict(server.metrics.close_codes) == {1000: 1, 4001: 1, 4100: 1, "4xxx": 2, "3xxx": 1}
+    families = PrometheusCollector(server.metrics, server.stats).collect()
+    family = next(f for f in families if f.name == "trioroom_close_codes")
+    assert sorted(sample.labels["code"] for sample in family.samples) == [
+        "1000",
+        "3xxx",
+        "4001",
+        "4100",
+        "4xxx",
+    ]
 
 
 async def test_close_room_tells_members_and_removes_it(start_server: StartServer) -> None:

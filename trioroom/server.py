@@ -54,7 +54,7 @@ from .extension import (
 )
 from .handshake import Reject, Request, RequestError, origin_allowed
 from .log import BoundedLog
-from .metrics import Metrics
+from .metrics import Metrics, close_code_label
 from .protocol import (
     RESERVED_EVENTS,
     FrameError,
@@ -575,7 +575,11 @@ class Server:
         metrics.connections_closed += 1
         metrics.disconnects[conn.disconnect_reason or "cancelled"] += 1
         if conn.close_code is not None:
-            metrics.close_codes[conn.close_code] += 1
+            # Codes from the peer are bucketed (a client picks any of 2,000);
+            # codes this server sent are the application's own choice.
+            code = conn.close_code
+            label = close_code_label(code) if conn.disconnect_reason == "peer" else int(code)
+            metrics.close_codes[label] += 1
         conn._debug(
             "disconnected: %s (code %s %s)",
             conn.disconnect_reason or "cancelled",
