@@ -12,6 +12,7 @@ import socket
 import pytest
 import trio
 import trio.testing
+from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 from trioroom import CloseCode, Connection, Message, Server
@@ -318,6 +319,87 @@ async def test_connection_that_keeps_sending_malformed_frames_is_closed(
     assert server.metrics.frames_dropped["malformed"] == 4
 
 
+# -- pings from clients ------------------------------------------------------------------
+
+
+async def read_pongs(client: RawClient, n: int) -> int:
+    """Read until ``n`` pongs came, or a close frame or EOF; the pongs read."""
+    pongs = 0
+    while pongs < n and client.protocol.close_rcvd is None:
+        try:
+            data = await client.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            break
+        if not data:
+            break
+        client.protocol.receive_data(data)
+        for frame in client.protocol.events_received():
+            pongs += isinstance(frame, Frame) and frame.opcode is Opcode.PONG
+        await client._flush_quietly()  # the echo of a close frame
+    return pongs
+
+
+# trio-websocket answers pings itself, before trioroom sees them (docs/operations.md).
+@pytest.mark.native_only
+async def test_ping_flood_is_closed_with_1008_and_others_are_unaffected(
+    start_server: StartServer,
+) -> None:
+    server, address = await start_server(root_notices=False)
+    bystander = await RawClient.connect(address)
+    flood = await RawClient.connect(address)
+    answered = 0
+    # 10,000 pings in batches of 50, reading the pongs as they come: a peer
+    # that keeps up with its pongs is not stopped by the pending-pong bound.
+    for batch in range(200):
+        for i in range(50):
+            flood.protocol.send_ping((batch * 50 + i).to_bytes(4, "big"))
+        try:
+            await flood._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            break
+        answered += await read_pongs(flood, 50)
+        if flood.protocol.close_rcvd is not None:
+            break
+    assert answered < 10_000
+    close = flood.protocol.close_rcvd
+    assert close is not None and (close.code, close.reason) == (1008, "ping flood")
+    await wait_until(lambda: server.metrics.disconnects["ping_flood"] == 1)
+    await bystander.join("calm")
+    assert server.connection(bystander.id) is not None
+
+
+async def test_a_client_that_pings_like_a_client_is_always_answered(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(ping_interval=None, root_notices=False)
+    client = await memory_client(server, nursery)
+    # A burst at connect, then one ping a second for ten minutes.
+    for i in range(50):
+        client.protocol.send_ping(i.to_bytes(4, "big"))
+    await client._flush()
+    assert await read_pongs(client, 50) == 50
+    for i in range(600):
+        client.protocol.send_ping(i.to_bytes(4, "big"))
+        await client._flush()
+        assert await read_pongs(client, 1) == 1
+        await trio.sleep(1)
+    assert server.connection(client.id) is not None
+    assert server.metrics.disconnects["ping_flood"] == 0
+
+
+@pytest.mark.parametrize("off", [0, None])
+async def test_ping_rate_limit_zero_or_none_turns_it_off(
+    off: float | None, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(ping_rate_limit=off, ping_burst=1, ping_interval=None)
+    client = await memory_client(server, nursery)
+    for i in range(100):
+        client.protocol.send_ping(i.to_bytes(4, "big"))
+        await client._flush()
+        assert await read_pongs(client, 1) == 1
+    assert server.connection(client.id) is not None
+
+
 # -- slow consumers (real sockets) ---------------------------------------------------------
 
 
@@ -451,7 +533,7 @@ async def test_fuzzing_a_live_server_leaves_it_serving(
     assert (await bystander_a.recv_until("chat")).payload == b"after"
     assert server.metrics.frames_dropped["malformed"] > 0
     if engine == "native":
-        assert server.metrics.frames_dropped["control_flood"] >= 1
+        assert server.metrics.disconnects["ping_flood"] >= 1
 
 
 # -- operations ------------------------------------------------------------------------------

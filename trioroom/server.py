@@ -334,7 +334,13 @@ class Server:
                 return
             registered = True
             conn.extended = protocol.subprotocol == SUBPROTOCOL
-            await self._start(conn, StreamTransport(stream, protocol))
+            transport = StreamTransport(
+                stream,
+                protocol,
+                ping_rate=self.settings.ping_rate_limit,
+                ping_burst=self.settings.ping_burst,
+            )
+            await self._start(conn, transport)
         except Exception:
             logger.exception("connection from %s failed", remote)
         finally:

@@ -22,6 +22,11 @@ def _positive(_inst: object, attribute: Any, value: Any) -> None:
         raise ValueError(f"setting {attribute.name} must be positive, got {value!r}")
 
 
+def _not_negative(_inst: object, attribute: Any, value: Any) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"setting {attribute.name} must not be negative, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Server settings. All times are in seconds, all sizes in bytes."""
@@ -92,6 +97,13 @@ class Settings:
     )
     #: Malformed frames tolerated per connection before it is closed (1008).
     max_bad_frames: int = attrs.field(default=10, validator=attrs.validators.ge(0))
+    #: Sustained WebSocket pings per second one client may send (token
+    #: bucket); each costs a pong. A client over it is closed with 1008 "ping
+    #: flood". ``None`` or 0 turns the limit off. Browsers and wsrooms clients
+    #: send no pings, other libraries one every 20 s or so.
+    ping_rate_limit: float | None = attrs.field(default=10.0, validator=_not_negative)
+    #: Burst size of that token bucket.
+    ping_burst: int = attrs.field(default=100, validator=_positive)
 
     # The trioroom.v1 extension (resumption, requests, error events)
     #: How long a dropped extended session waits to be resumed; 0 turns
