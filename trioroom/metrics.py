@@ -84,6 +84,7 @@ GAUGE_HELP = {
     "rooms": "Rooms with at least one member",
     "queued_frames": "Frames waiting in outbound queues, all connections",
     "queued_bytes": "Bytes waiting in outbound queues, all connections",
+    "backplane_up": "1 while the backplane reaches the other nodes (always, in one process)",
 }
 
 #: Plain counters: Metrics attribute -> help text.

@@ -1084,13 +1084,14 @@ class Server:
         return removed
 
     def stats(self) -> dict[str, float]:
-        """Live gauges: connections, rooms and outbound queue fill."""
+        """Live gauges: connections, rooms, outbound queue fill, backplane state."""
         conns = self._connections.values()
         return {
             "connections": len(self._connections),
             "rooms": len(self._rooms),
             "queued_frames": sum(c.queued_frames for c in conns),
             "queued_bytes": sum(c.queued_bytes for c in conns),
+            "backplane_up": 1 if self.backplane.up else 0,
         }
 
     async def handle_trio_websocket(self, request: Any) -> None:

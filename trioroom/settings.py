@@ -125,3 +125,9 @@ class Settings:
     )
     #: Accept every Origin (development only).
     allow_all_origins: bool = False
+
+    # Health checks
+    #: Answer 503 on ``/healthz`` while the backplane (Redis) is down. Off,
+    #: it answers 200 with ``"status": "degraded"``: one Redis outage would
+    #: otherwise take every node out of the load balancer at once.
+    health_requires_backplane: bool = False
