@@ -103,13 +103,19 @@ async def test_serve_answers_demo_client_health_and_metrics() -> None:
         health = await http_get(server.address, "/healthz")
         assert health.status == 200
         assert health.headers["content-type"] == "application/json"
-        assert json.loads(health.body) == {"status": "ok", "connections": 0, "rooms": 0}
+        assert json.loads(health.body) == {
+            "status": "ok",
+            "connections": 0,
+            "rooms": 0,
+            "backplane": "up",
+        }
 
         before = await http_get(server.address, "/metrics")
         assert before.status == 200
         assert before.headers["content-type"].startswith("text/plain; version=")
         assert metric_value(before.text, "trioroom_messages_in_total") == 0
         assert metric_value(before.text, "trioroom_connections") == 0
+        assert metric_value(before.text, "trioroom_backplane_up") == 1  # in-process: always
 
         # Real traffic: two clients in one room, one broadcast.
         alice = await Client.connect(server.address)
@@ -121,7 +127,12 @@ async def test_serve_answers_demo_client_health_and_metrics() -> None:
         assert (heard.src, heard.payload) == (alice.id, b"hello")
 
         health = await http_get(server.address, "/healthz")
-        assert json.loads(health.body) == {"status": "ok", "connections": 2, "rooms": 2}
+        assert json.loads(health.body) == {
+            "status": "ok",
+            "connections": 2,
+            "rooms": 2,
+            "backplane": "up",
+        }
         after = (await http_get(server.address, "/metrics")).text
         assert metric_value(after, "trioroom_messages_in_total") == 3  # 2 joins, 1 chat
         assert metric_value(after, "trioroom_connections") == 2
@@ -275,6 +286,8 @@ def _non_default(name: str, default: object) -> tuple[str, object]:
         return "50", 50.0
     if name == "slow_consumer_policy":
         return "drop_oldest", "drop_oldest"
+    if name == "rate_limit_policy":
+        return "drop", "drop"
     if name == "allowed_origins":
         return "https://a.example, https://b.example", ("https://a.example", "https://b.example")
     assert isinstance(default, str), name

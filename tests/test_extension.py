@@ -111,7 +111,9 @@ async def test_plain_client_sees_no_extension_traffic(start_server: StartServer)
     async def authorize_join(conn: Connection, room: str) -> bool:
         return room != "vip"
 
-    server = Server(authorize_join=authorize_join, rate_limit=1000, rate_burst=5)
+    server = Server(
+        authorize_join=authorize_join, rate_limit=1000, rate_burst=5, rate_limit_policy="drop"
+    )
 
     @server.on("boom")
     async def boom(conn: Connection, msg: Message) -> None:
@@ -221,7 +223,13 @@ async def test_joins_broadcasts_and_dms_as_requests(start_server: StartServer) -
 async def test_request_timeout_and_rate_limit_errors(
     autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
-    server = Server(request_timeout=5, rate_limit=1, rate_burst=2, ping_interval=None)
+    server = Server(
+        request_timeout=5,
+        rate_limit=1,
+        rate_burst=2,
+        rate_limit_policy="drop",
+        ping_interval=None,
+    )
 
     @server.on("slow")
     async def slow(conn: Connection, msg: Message) -> None:
@@ -446,7 +454,9 @@ async def test_a_request_cut_off_by_the_socket_is_answered_after_resuming(
 async def test_requests_refused_before_handling_still_get_their_ref(
     start_server: StartServer,
 ) -> None:
-    _, address = await start_server(max_field_length=40, rate_limit=0.001, rate_burst=2)
+    _, address = await start_server(
+        max_field_length=40, rate_limit=0.001, rate_burst=2, rate_limit_policy="drop"
+    )
     client, _ = await ExtendedClient.connect(address)
     too_long = await client.request("r" * 41, "join", b"", 1)
     assert json.loads(too_long.payload)["code"] == "malformed"

@@ -33,7 +33,9 @@ import trio
 
 from trioroom import Connection, Message, Server
 from trioroom.backplane.redis import RedisBackplane
+from trioroom.web import WebApp
 
+from .serveproc import http_get, metric_value
 from .wire import RawClient, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -564,6 +566,47 @@ async def _outage_scenario(
     assert (await b.recv_until("dm")).payload == b"back"
     assert any("lost" in r.getMessage() for r in caplog.records)
     assert any("reconnected" in r.getMessage() for r in caplog.records)
+
+
+async def test_healthz_reports_the_backplane_and_can_require_it(
+    nursery: trio.Nursery, prefix: str
+) -> None:
+    own = RedisProcess()
+    own.start()
+    try:
+        await _health_scenario(nursery, prefix, own)
+    finally:
+        own.stop()
+
+
+async def _health_scenario(nursery: trio.Nursery, prefix: str, own: RedisProcess) -> None:
+    nodes: dict[bool, tuple[Server, tuple[str, int]]] = {}
+    for required in (False, True):
+        backplane = RedisBackplane(
+            own.url, prefix=prefix, node_ttl=NODE_TTL * 2, op_timeout=2.0, reconnect_max=0.5
+        )
+        server = Server(backplane=backplane, health_requires_backplane=required)
+        server.process_request = WebApp(server, demo=False)
+        nodes[required] = (server, await nursery.start(server.serve, "127.0.0.1", 0))
+
+    async def health(required: bool) -> tuple[int, str, str, float]:
+        address = nodes[required][1]
+        response = await http_get(address, "/healthz")
+        body = json.loads(response.body)
+        gauge = metric_value((await http_get(address, "/metrics")).text, "trioroom_backplane_up")
+        return response.status, body["status"], body["backplane"], gauge
+
+    assert await health(False) == (200, "ok", "up", 1)
+    assert await health(True) == (200, "ok", "up", 1)
+    own.stop()
+    await wait_until(lambda: not any(s.backplane.up for s, _ in nodes.values()), LIMIT)
+    # Reported either way; a 503 only where the operator asked for it.
+    assert await health(False) == (200, "degraded", "down", 0)
+    assert await health(True) == (503, "backplane_down", "down", 0)
+    own.start()
+    await wait_until(lambda: all(s.backplane.up for s, _ in nodes.values()), LIMIT)
+    assert await health(False) == (200, "ok", "up", 1)
+    assert await health(True) == (200, "ok", "up", 1)
 
 
 # -- real processes ------------------------------------------------------------------

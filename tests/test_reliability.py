@@ -6,14 +6,17 @@ nothing here waits for real time; the slow-consumer test uses real sockets.
 
 from __future__ import annotations
 
+import logging
 import socket
 
 import pytest
 import trio
 import trio.testing
+from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 from trioroom import CloseCode, Connection, Message, Server
+from trioroom.metrics import PrometheusCollector
 from trioroom.transport import StreamTransport
 from trioroom.wsframe import binary_frame
 
@@ -130,9 +133,18 @@ async def test_rate_limit_zero_or_none_turns_it_off(
 
 
 async def test_rate_limit_drops_messages_over_the_token_bucket(
-    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server = Server(rate_limit=10, rate_burst=5, root_notices=False, ping_interval=None)
+    caplog.set_level(logging.INFO, logger="trioroom")
+    server = Server(
+        rate_limit=10,
+        rate_burst=5,
+        rate_limit_policy="drop",
+        root_notices=False,
+        ping_interval=None,
+    )
     a = await memory_client(server, nursery)
     b = await memory_client(server, nursery)
     for i in range(20):
@@ -140,6 +152,11 @@ async def test_rate_limit_drops_messages_over_the_token_bucket(
     got = [(await b.recv()).payload for _ in range(5)]
     assert got == [b"0", b"1", b"2", b"3", b"4"]
     await wait_until(lambda: server.metrics.frames_dropped["rate_limited"] == 15)
+    # Fifteen drops, one log line: a client must not be able to fill the disk.
+    logged = [r for r in caplog.records if "rate limit" in r.getMessage()]
+    assert len(logged) == 1
+    assert getattr(logged[0], "conn_id", None) == a.id
+    assert server.connection(a.id) is not None
     await trio.sleep(0.3)  # three more tokens
     for i in range(20, 30):
         await a.send(Message("root", "n", b.id, "", str(i)))
@@ -151,6 +168,42 @@ async def test_rate_limit_drops_messages_over_the_token_bucket(
         await a.send(Message("root", "n", b.id, "", str(i)))
     await wait_until(lambda: server.metrics.frames_dropped["rate_limited"] == 22 + 5)
     assert [(await b.recv()).payload for _ in range(5)] == [b"30", b"31", b"32", b"33", b"34"]
+
+
+async def test_rate_limit_policy_close_is_the_default_and_tells_plain_clients(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(rate_limit=10, rate_burst=5, root_notices=False, ping_interval=None)
+    assert server.settings.rate_limit_policy == "close"
+    a = await memory_client(server, nursery)
+    b = await memory_client(server, nursery)
+    for i in range(6):
+        await a.send(Message("root", "n", b.id, "", str(i)))
+    # A plain wsrooms client learns why through the close frame.
+    assert await a.wait_closed() == (CloseCode.POLICY_VIOLATION, "rate limit")
+    # What came within the limit was delivered before the close.
+    got = [(await b.recv()).payload for _ in range(5)]
+    assert got == [str(i).encode() for i in range(5)]
+    await wait_until(lambda: server.connection(a.id) is None)
+    assert server.metrics.disconnects["rate_limited"] == 1
+    assert server.metrics.close_codes[CloseCode.POLICY_VIOLATION] == 1
+    assert server.metrics.frames_dropped["rate_limited"] == 1
+    await b.expect_nothing()
+
+
+async def test_rate_limit_close_tells_an_extended_client_which_request(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(rate_limit=1, rate_burst=1, ping_interval=None, root_notices=False)
+    raw = await memory_client(server, nursery, subprotocols=["trioroom.v1"], read_root_ack=False)
+    while (await raw.recv()).event != "join_ack":
+        pass
+    await raw.send(Message("root", "x", "", "?1", b""))
+    await raw.send(Message("root", "x", "", "?2", b""))
+    assert (await raw.recv()).dst == "?1"  # the reply to the broadcast
+    error = await raw.recv()
+    assert (error.event, error.dst) == ("trioroom.error", "?2")
+    assert await raw.wait_closed() == (CloseCode.POLICY_VIOLATION, "rate limit")
 
 
 async def test_graceful_shutdown_finishes_within_deadline_despite_stuck_client(
@@ -264,6 +317,87 @@ async def test_connection_that_keeps_sending_malformed_frames_is_closed(
     assert code == CloseCode.POLICY_VIOLATION
     assert "malformed" in reason
     assert server.metrics.frames_dropped["malformed"] == 4
+
+
+# -- pings from clients ------------------------------------------------------------------
+
+
+async def read_pongs(client: RawClient, n: int) -> int:
+    """Read until ``n`` pongs came, or a close frame or EOF; the pongs read."""
+    pongs = 0
+    while pongs < n and client.protocol.close_rcvd is None:
+        try:
+            data = await client.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            break
+        if not data:
+            break
+        client.protocol.receive_data(data)
+        for frame in client.protocol.events_received():
+            pongs += isinstance(frame, Frame) and frame.opcode is Opcode.PONG
+        await client._flush_quietly()  # the echo of a close frame
+    return pongs
+
+
+# trio-websocket answers pings itself, before trioroom sees them (docs/operations.md).
+@pytest.mark.native_only
+async def test_ping_flood_is_closed_with_1008_and_others_are_unaffected(
+    start_server: StartServer,
+) -> None:
+    server, address = await start_server(root_notices=False)
+    bystander = await RawClient.connect(address)
+    flood = await RawClient.connect(address)
+    answered = 0
+    # 10,000 pings in batches of 50, reading the pongs as they come: a peer
+    # that keeps up with its pongs is not stopped by the pending-pong bound.
+    for batch in range(200):
+        for i in range(50):
+            flood.protocol.send_ping((batch * 50 + i).to_bytes(4, "big"))
+        try:
+            await flood._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            break
+        answered += await read_pongs(flood, 50)
+        if flood.protocol.close_rcvd is not None:
+            break
+    assert answered < 10_000
+    close = flood.protocol.close_rcvd
+    assert close is not None and (close.code, close.reason) == (1008, "ping flood")
+    await wait_until(lambda: server.metrics.disconnects["ping_flood"] == 1)
+    await bystander.join("calm")
+    assert server.connection(bystander.id) is not None
+
+
+async def test_a_client_that_pings_like_a_client_is_always_answered(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(ping_interval=None, root_notices=False)
+    client = await memory_client(server, nursery)
+    # A burst at connect, then one ping a second for ten minutes.
+    for i in range(50):
+        client.protocol.send_ping(i.to_bytes(4, "big"))
+    await client._flush()
+    assert await read_pongs(client, 50) == 50
+    for i in range(600):
+        client.protocol.send_ping(i.to_bytes(4, "big"))
+        await client._flush()
+        assert await read_pongs(client, 1) == 1
+        await trio.sleep(1)
+    assert server.connection(client.id) is not None
+    assert server.metrics.disconnects["ping_flood"] == 0
+
+
+@pytest.mark.parametrize("off", [0, None])
+async def test_ping_rate_limit_zero_or_none_turns_it_off(
+    off: float | None, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = Server(ping_rate_limit=off, ping_burst=1, ping_interval=None)
+    client = await memory_client(server, nursery)
+    for i in range(100):
+        client.protocol.send_ping(i.to_bytes(4, "big"))
+        await client._flush()
+        assert await read_pongs(client, 1) == 1
+    assert server.connection(client.id) is not None
 
 
 # -- slow consumers (real sockets) ---------------------------------------------------------
@@ -399,10 +533,36 @@ async def test_fuzzing_a_live_server_leaves_it_serving(
     assert (await bystander_a.recv_until("chat")).payload == b"after"
     assert server.metrics.frames_dropped["malformed"] > 0
     if engine == "native":
-        assert server.metrics.frames_dropped["control_flood"] >= 1
+        assert server.metrics.disconnects["ping_flood"] >= 1
 
 
 # -- operations ------------------------------------------------------------------------------
+
+
+async def test_close_codes_chosen_by_clients_are_bucketed(start_server: StartServer) -> None:
+    # A client picks any code in 3000-4999: each must not become its own series.
+    server, address = await start_server(root_notices=False)
+    for code in (4321, 3999, 4999, 1000, 4001):
+        client = await RawClient.connect(address)
+        client.protocol.send_close(code, "bye")
+        await client._flush()
+        await client.wait_closed()
+        await client.stream.aclose()
+    await wait_until(lambda: server.metrics.connections_closed == 5)
+    # A code the application chose itself is kept.
+    kicked = await RawClient.connect(address)
+    assert await server.kick(kicked.id, 4100, "custom")
+    await wait_until(lambda: server.metrics.connections_closed == 6)
+    assert dict(server.metrics.close_codes) == {1000: 1, 4001: 1, 4100: 1, "4xxx": 2, "3xxx": 1}
+    families = PrometheusCollector(server.metrics, server.stats).collect()
+    family = next(f for f in families if f.name == "trioroom_close_codes")
+    assert sorted(sample.labels["code"] for sample in family.samples) == [
+        "1000",
+        "3xxx",
+        "4001",
+        "4100",
+        "4xxx",
+    ]
 
 
 async def test_close_room_tells_members_and_removes_it(start_server: StartServer) -> None:

@@ -53,7 +53,7 @@ class CloseCode:
     NORMAL = 1000
     GOING_AWAY = 1001  # graceful shutdown
     PROTOCOL_ERROR = 1002
-    POLICY_VIOLATION = 1008  # too many malformed frames, rate limit
+    POLICY_VIOLATION = 1008  # too many malformed frames, rate limit, ping flood
     MESSAGE_TOO_BIG = 1009
     ABNORMAL_CLOSURE = 1006  # recorded when the peer vanished without a close frame
     INTERNAL_ERROR = 1011  # heartbeat or write timeout
@@ -402,11 +402,17 @@ class Connection:
             await handle(self, data)
         if self.close_code is None:
             if getattr(transport, "flooded", False):
-                self.server.metrics.frames_dropped["control_flood"] += 1
-                self.log.warning("closing: pings sent faster than pongs are read")
+                # Counted as disconnects{reason="ping_flood"}; a client can
+                # reconnect and flood again, so the log line is rate-bounded.
+                self.server._drop_log.log(
+                    logging.WARNING,
+                    "ping_flood",
+                    "closing: ping flood (over the ping rate limit, or pongs not read)",
+                    extra={"conn_id": self.id},
+                )
                 self.close_code = CloseCode.POLICY_VIOLATION
-                self.close_reason = "control frame flood"
-                self.disconnect_reason = "control_flood"
+                self.close_reason = "ping flood"
+                self.disconnect_reason = "ping_flood"
             elif (error := getattr(transport, "protocol_error", None)) is not None:
                 if self.extended and error[0] == CloseCode.MESSAGE_TOO_BIG:
                     # Written before the close frame: the client learns why.

@@ -13,7 +13,29 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Metrics", "PrometheusCollector"]
+from .connection import CloseCode
+
+__all__ = ["KNOWN_CLOSE_CODES", "Metrics", "PrometheusCollector", "close_code_label"]
+
+#: Close codes counted as themselves: those of RFC 6455 and the IANA registry
+#: (1000-1015) and the server's own (:class:`~trioroom.CloseCode`).
+KNOWN_CLOSE_CODES = frozenset(range(1000, 1016)) | frozenset(
+    value for value in vars(CloseCode).values() if isinstance(value, int)
+)
+
+
+def close_code_label(code: int) -> int | str:
+    """``code`` if it is in :data:`KNOWN_CLOSE_CODES`, else its range (``"4xxx"``).
+
+    A peer may close with any code from 3000 to 4999; counting each as its
+    own label would let one client create thousands of metric series.
+    """
+    code = int(code)
+    if code in KNOWN_CLOSE_CODES:
+        return code
+    if 1000 <= code <= 4999:
+        return f"{code // 1000}xxx"
+    return "other"
 
 
 @attrs.define(eq=False)
@@ -36,8 +58,9 @@ class Metrics:
     frames_dropped: Counter[str] = attrs.field(factory=Counter)
     #: Connections closed, by reason (``peer``, ``slow_consumer``, ...).
     disconnects: Counter[str] = attrs.field(factory=Counter)
-    #: Connections closed, by WebSocket close code.
-    close_codes: Counter[int] = attrs.field(factory=Counter)
+    #: Connections closed, by WebSocket close code. Codes a peer sent that
+    #: are not in :data:`KNOWN_CLOSE_CODES` are counted by range (``"4xxx"``).
+    close_codes: Counter[int | str] = attrs.field(factory=Counter)
     handler_errors: int = 0
     handler_calls: int = 0
     handler_seconds: float = 0.0
@@ -61,6 +84,7 @@ GAUGE_HELP = {
     "rooms": "Rooms with at least one member",
     "queued_frames": "Frames waiting in outbound queues, all connections",
     "queued_bytes": "Bytes waiting in outbound queues, all connections",
+    "backplane_up": "1 while the backplane reaches the other nodes (always, in one process)",
 }
 
 #: Plain counters: Metrics attribute -> help text.

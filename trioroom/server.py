@@ -53,7 +53,8 @@ from .extension import (
     session_message,
 )
 from .handshake import Reject, Request, RequestError, origin_allowed
-from .metrics import Metrics
+from .log import BoundedLog
+from .metrics import Metrics, close_code_label
 from .protocol import (
     RESERVED_EVENTS,
     FrameError,
@@ -149,6 +150,8 @@ class Server:
         self._ended_sessions: OrderedDict[str, str] = OrderedDict()
         self.shutting_down = False
         self._rate_limited_on = bool(settings.rate_limit)
+        # Drops a client can cause at will: logged at a bounded rate, by reason.
+        self._drop_log = BoundedLog(logging.getLogger("trioroom.connection"))
 
     # -- registration ------------------------------------------------------
 
@@ -331,7 +334,13 @@ class Server:
                 return
             registered = True
             conn.extended = protocol.subprotocol == SUBPROTOCOL
-            await self._start(conn, StreamTransport(stream, protocol))
+            transport = StreamTransport(
+                stream,
+                protocol,
+                ping_rate=self.settings.ping_rate_limit,
+                ping_burst=self.settings.ping_burst,
+            )
+            await self._start(conn, transport)
         except Exception:
             logger.exception("connection from %s failed", remote)
         finally:
@@ -572,7 +581,11 @@ class Server:
         metrics.connections_closed += 1
         metrics.disconnects[conn.disconnect_reason or "cancelled"] += 1
         if conn.close_code is not None:
-            metrics.close_codes[conn.close_code] += 1
+            # Codes from the peer are bucketed (a client picks any of 2,000);
+            # codes this server sent are the application's own choice.
+            code = conn.close_code
+            label = close_code_label(code) if conn.disconnect_reason == "peer" else int(code)
+            metrics.close_codes[label] += 1
         conn._debug(
             "disconnected: %s (code %s %s)",
             conn.disconnect_reason or "cancelled",
@@ -688,6 +701,17 @@ class Server:
     def _rate_limited(self, conn: Connection, data: bytes) -> None:
         self.metrics.frames_dropped["rate_limited"] += 1
         conn.frames_dropped += 1
+        close = self.settings.rate_limit_policy == "close"
+        if conn.close_code is None:
+            self._drop_log.log(
+                logging.WARNING if close else logging.INFO,
+                "rate_limited",
+                "over the rate limit (%g messages/s, burst %d): %s",
+                self.settings.rate_limit,
+                self.settings.rate_burst,
+                "closing with 1008" if close else "message dropped",
+                extra={"conn_id": conn.id},
+            )
         if conn.extended:
             # Decoded only to answer the request it may be.
             try:
@@ -702,6 +726,10 @@ class Server:
                 event=dropped.event if dropped else "",
                 ref=request_ref(dropped.src) if dropped else None,
             )
+        if close:
+            # Graceful: the error event and what was queued before it go out
+            # ahead of the close frame.
+            conn.abort(CloseCode.POLICY_VIOLATION, "rate limit", "rate_limited", graceful=True)
 
     def _send_reply(self, conn: Connection, room: str, ref: str, value: Any) -> None:
         conn._deliver(binary_frame(reply_message(room, ref, value)))
@@ -1056,13 +1084,14 @@ class Server:
         return removed
 
     def stats(self) -> dict[str, float]:
-        """Live gauges: connections, rooms and outbound queue fill."""
+        """Live gauges: connections, rooms, outbound queue fill, backplane state."""
         conns = self._connections.values()
         return {
             "connections": len(self._connections),
             "rooms": len(self._rooms),
             "queued_frames": sum(c.queued_frames for c in conns),
             "queued_bytes": sum(c.queued_bytes for c in conns),
+            "backplane_up": 1 if self.backplane.up else 0,
         }
 
     async def handle_trio_websocket(self, request: Any) -> None:

@@ -11,14 +11,20 @@ from typing import Any, Literal
 
 import attrs
 
-__all__ = ["Settings", "SlowConsumerPolicy"]
+__all__ = ["RateLimitPolicy", "Settings", "SlowConsumerPolicy"]
 
 SlowConsumerPolicy = Literal["disconnect", "drop_oldest"]
+RateLimitPolicy = Literal["close", "drop"]
 
 
 def _positive(_inst: object, attribute: Any, value: Any) -> None:
     if value is not None and value <= 0:
         raise ValueError(f"setting {attribute.name} must be positive, got {value!r}")
+
+
+def _not_negative(_inst: object, attribute: Any, value: Any) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"setting {attribute.name} must not be negative, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -82,8 +88,22 @@ class Settings:
     )
     #: Burst size of that token bucket.
     rate_burst: int = attrs.field(default=200, validator=_positive)
+    #: What a message over the rate limit does. ``close``: close with 1008
+    #: "rate limit", which every client sees, plain wsrooms ones included.
+    #: ``drop``: drop the message, count it, and send extended clients an
+    #: error event naming it; plain clients are not told.
+    rate_limit_policy: RateLimitPolicy = attrs.field(
+        default="close", validator=attrs.validators.in_(("close", "drop"))
+    )
     #: Malformed frames tolerated per connection before it is closed (1008).
     max_bad_frames: int = attrs.field(default=10, validator=attrs.validators.ge(0))
+    #: Sustained WebSocket pings per second one client may send (token
+    #: bucket); each costs a pong. A client over it is closed with 1008 "ping
+    #: flood". ``None`` or 0 turns the limit off. Browsers and wsrooms clients
+    #: send no pings, other libraries one every 20 s or so.
+    ping_rate_limit: float | None = attrs.field(default=10.0, validator=_not_negative)
+    #: Burst size of that token bucket.
+    ping_burst: int = attrs.field(default=100, validator=_positive)
 
     # The trioroom.v1 extension (resumption, requests, error events)
     #: How long a dropped extended session waits to be resumed; 0 turns
@@ -105,3 +125,9 @@ class Settings:
     )
     #: Accept every Origin (development only).
     allow_all_origins: bool = False
+
+    # Health checks
+    #: Answer 503 on ``/healthz`` while the backplane (Redis) is down. Off,
+    #: it answers 200 with ``"status": "degraded"``: one Redis outage would
+    #: otherwise take every node out of the load balancer at once.
+    health_requires_backplane: bool = False

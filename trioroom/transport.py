@@ -40,7 +40,8 @@ async def close_stream(stream: trio.abc.Stream) -> None:
 
 RECEIVE_SIZE = 65536
 #: Control frames (pongs) allowed to wait for the writer. A peer that sends
-#: pings faster than it reads the pongs is flooding: it gets closed with 1008.
+#: pings faster than it reads the pongs is flooding: it gets closed with 1008,
+#: whatever the ping rate limit.
 MAX_PENDING_CONTROL = 128
 #: Close codes that only describe a closure and never go on the wire.
 NOT_SENDABLE = frozenset({1005, 1006, 1015})
@@ -49,9 +50,21 @@ NOT_SENDABLE = frozenset({1005, 1006, 1015})
 class StreamTransport:
     """A WebSocket connection on a trio stream, after the opening handshake."""
 
-    def __init__(self, stream: trio.abc.Stream, protocol: ServerProtocol) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        protocol: ServerProtocol,
+        *,
+        ping_rate: float | None = None,
+        ping_burst: int = 1,
+    ) -> None:
         self._stream = stream
         self._protocol = protocol
+        # The peer's pings: a token bucket, refilled when a ping arrives.
+        self._ping_rate = ping_rate or 0.0
+        self._ping_burst = float(ping_burst)
+        self._ping_tokens = float(ping_burst)
+        self._ping_at: float | None = None
         # Usually holds one message: a list is smaller than a deque.
         self._messages: list[bytes] = []
         self._fragments: list[bytes] | None = None
@@ -65,7 +78,8 @@ class StreamTransport:
         # when the stream may hold half a frame and must not get another.
         self._mid_write = False
         self.peer_close: tuple[int, str] | None = None
-        #: Set when the peer sent pings faster than it reads the pongs.
+        #: Set when the peer sent pings faster than the ping rate limit
+        #: allows, or faster than it reads the pongs.
         self.flooded = False
 
     def attach(self, wake_writer: Callable[[], None]) -> None:
@@ -92,6 +106,7 @@ class StreamTransport:
 
     def _take_events(self) -> None:
         protocol = self._protocol
+        over_limit = False
         for frame in protocol.events_received():
             assert isinstance(frame, Frame)  # requests come only before the handshake
             opcode = frame.opcode
@@ -111,6 +126,9 @@ class StreamTransport:
                 waiter = self._pongs.pop(bytes(frame.data), None)
                 if waiter is not None:
                     waiter.set()
+            elif opcode is Opcode.PING:
+                if self._ping_rate and not self._take_ping_token():
+                    over_limit = True
             elif opcode is Opcode.CLOSE:
                 rcvd = protocol.close_rcvd
                 if rcvd is not None:
@@ -119,7 +137,25 @@ class StreamTransport:
             # A protocol error (the protocol already answered with a close
             # frame: 1002, 1007 or 1009) or the peer's close: stop reading.
             self._ended = True
+        if over_limit and not self._ended:
+            # The protocol already queued the pongs: none of them is sent.
+            protocol.data_to_send()
+            self._control.clear()
+            self.flooded = True
+            self._ended = True
+            return
         self._take_output()
+
+    def _take_ping_token(self) -> bool:
+        now = trio.current_time()
+        if self._ping_at is not None:
+            refill = (now - self._ping_at) * self._ping_rate
+            self._ping_tokens = min(self._ping_burst, self._ping_tokens + refill)
+        self._ping_at = now
+        if self._ping_tokens >= 1.0:
+            self._ping_tokens -= 1.0
+            return True
+        return False
 
     def _take_output(self) -> None:
         output = self._protocol.data_to_send()

@@ -11,8 +11,11 @@ Routes (the server answers ``GET`` only; any request carrying
 WebSocket handshake untouched):
 
 ===================  ========================================================
-``/healthz``         ``{"status": "ok", "connections": N, "rooms": M}`` (503
-                     with ``"shutting_down"`` during a graceful shutdown)
+``/healthz``         ``{"status": "ok", "connections": N, "rooms": M,
+                     "backplane": "up"}`` (503 with ``"shutting_down"`` during a
+                     graceful shutdown; ``"degraded"``, or 503 with
+                     ``"backplane_down"`` if ``health_requires_backplane``,
+                     while the backplane is down)
 ``/metrics``         Prometheus text format (OpenMetrics if the scraper asks)
 ``/``                the demo chat page
 ``/demo/<file>``     its assets; ``/demo/config.js`` tells it the WebSocket path
@@ -180,14 +183,24 @@ class WebApp:
     # -- routes ----------------------------------------------------------------
 
     def _health(self, request: Request) -> Response:
-        stats = self.server.stats()
-        down = self.server.shutting_down
+        server = self.server
+        stats = server.stats()
+        backplane_up = server.backplane.up
+        if server.shutting_down:
+            state, status = "shutting_down", 503
+        elif not backplane_up and server.settings.health_requires_backplane:
+            state, status = "backplane_down", 503
+        elif not backplane_up:
+            # Local delivery goes on; the operator chose not to fail the check.
+            state, status = "degraded", 200
+        else:
+            state, status = "ok", 200
         body = {
-            "status": "shutting_down" if down else "ok",
+            "status": state,
             "connections": int(stats["connections"]),
             "rooms": int(stats["rooms"]),
+            "backplane": "up" if backplane_up else "down",
         }
-        status = 503 if down else 200
         return _response(status, json.dumps(body).encode() + b"\n", "application/json")
 
     def _metrics(self, request: Request) -> Response:

@@ -24,6 +24,14 @@ class Backplane:
     #: True when other nodes exist; the server skips publishing otherwise.
     distributed: bool = False
 
+    @property
+    def up(self) -> bool:
+        """True while this node can reach the other nodes (always, in one process).
+
+        ``/healthz`` and the ``trioroom_backplane_up`` gauge report it.
+        """
+        return True
+
     async def run(self, server: Server, *, task_status: trio.TaskStatus[None]) -> None:
         """Run background work (subscriptions, liveness) until cancelled."""
         task_status.started()

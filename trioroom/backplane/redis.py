@@ -268,6 +268,11 @@ class RedisBackplane(Backplane):
         return self._up
 
     @property
+    def up(self) -> bool:
+        """The same as :attr:`connected`: the other nodes are reachable through Redis."""
+        return self._up
+
+    @property
     def server(self) -> Server:
         if self._server is None:
             raise RuntimeError("the backplane is not running")
