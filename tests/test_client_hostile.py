@@ -182,6 +182,8 @@ async def test_deeply_nested_error_frame_reaches_on_error_as_unknown(
 
             await wait_until(lambda: bool(errors))
     assert [error.code for error in errors] == ["unknown"]
+    # The unparsable payload is 200,000 bytes: its message shows the start only.
+    assert errors[0].message.startswith("[[[") and len(errors[0].message) < 300
 
 
 async def test_deeply_nested_answer_to_a_request_fails_it_as_unknown(

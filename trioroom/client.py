@@ -1524,6 +1524,10 @@ def _json_object(payload: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+#: Bytes of an unparsable ``trioroom.error`` payload kept as its message.
+_RAW_ERROR_LIMIT = 200
+
+
 def _error_of(msg: Message) -> ServerError:
     """The :class:`ServerError` of a ``trioroom.error`` frame (never raises)."""
     body = _json_object(msg.payload)
@@ -1531,7 +1535,11 @@ def _error_of(msg: Message) -> ServerError:
     message = body.get("message")
     event = body.get("event")
     if not body:
-        message = msg.payload.decode(errors="replace")
+        # Unparsable: show its start only, since it can be as large as a frame
+        # may be and ends up in a log line when nobody handles errors.
+        message = msg.payload[:_RAW_ERROR_LIMIT].decode(errors="replace")
+        if len(msg.payload) > _RAW_ERROR_LIMIT:
+            message += f"... ({len(msg.payload)} bytes)"
     return ServerError(
         code if isinstance(code, str) and code else "unknown",
         message if isinstance(message, str) else "",
