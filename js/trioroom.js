@@ -480,8 +480,11 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
             return;
         }
         state.id = frame.src;
-        state.members = members;
         const wasOpen = state.isOpen;
+        // An open room's join_ack answers a repeated join (e.g. sent again after
+        // a resume): the server lists the joiner alone then, and the list kept
+        // from new_member/member_left is the right one.
+        state.members = wasOpen ? mergeMembers(state.members, members) : members;
         state.isOpen = true;
         if (state === rootState) {
             rooms.forEach(sendJoinIfConnected);
@@ -490,6 +493,11 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
             state.emitter.emit("open");
         }
         settleWaiters(state, null);
+    }
+
+    function mergeMembers(current, listed) {
+        const known = new Set(current);
+        return current.concat(listed.filter((id) => !known.has(id)));
     }
 
     function onMemberChange(state, frame, joined) {
@@ -519,6 +527,8 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
             state.pendingLeaves -= 1;
             // Joined again after this leave: the next join_ack reopens the room.
             if (state.wanted) {
+                // The server forgot our membership: the coming list replaces this one.
+                state.members = [];
                 return;
             }
         }

@@ -298,8 +298,25 @@ async def test_repeated_join_acks_again_without_notice_across_nodes(
     await a.join("lobby")
     await b.join("lobby")
     await a.recv_until("new_member")
-    assert members(await b.join("lobby")) == [b.id, a.id]
+    # The joiner alone: b has the list already (issue 14).
+    assert members(await b.join("lobby")) == [b.id]
     assert await settle(b, a) == []
+
+
+async def test_member_list_limit_counts_members_on_every_node(
+    start_cluster: StartCluster,
+) -> None:
+    nodes = await start_cluster(member_list_limit=4, root_notices=False)
+    local = [await nodes[0].connect() for _ in range(2)]
+    remote = [await nodes[1].connect() for _ in range(4)]
+    for client in local + remote:
+        await client.join("lobby")
+    last = await nodes[0].connect()
+    ids = members(await last.join("lobby"))
+    assert len(ids) == 4 == len(set(ids))
+    # The joiner, this node's members, then members of other nodes.
+    assert ids[:3] == [last.id, local[0].id, local[1].id]
+    assert ids[3] in {c.id for c in remote}
 
 
 async def test_concurrent_joins_on_different_nodes_always_see_each_other(
@@ -360,6 +377,7 @@ async def test_broadcast_as_non_member_is_dropped_everywhere(
 async def test_direct_messages_reach_other_nodes(start_cluster: StartCluster) -> None:
     n0, n1, n2 = await start_cluster(root_notices=False)
     a, b, c = await n0.connect(), await n1.connect(), await n2.connect()
+    await a.join("some-room")  # a direct message's room is root or one of the sender's
     await a.send(Message("some-room", "whisper", b.id, "spoofed", b"psst"))
     assert await b.recv() == Message("some-room", "whisper", b.id, a.id, b"psst")
     assert await settle(a, c) == []

@@ -16,12 +16,14 @@ Nothing here does I/O: :func:`encode` turns fields into bytes and
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterable
 
 import attrs
 
 __all__ = [
+    "CONTROL_CHARACTERS",
     "HEADER_SIZE",
     "MIN_FRAME_SIZE",
     "RESERVED_EVENTS",
@@ -60,6 +62,12 @@ RESERVED_EVENTS = frozenset(
 )
 
 _STRING_FIELDS = ("room", "event", "dst", "src")
+
+#: Characters a room or event name may not contain: C0 controls (NUL
+#: included), DEL, C1 controls, and the Unicode line and paragraph separators.
+#: Such names would reach logs, Redis keys and other clients' screens, and no
+#: real application needs them; the server refuses them (see docs/protocol.md).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class FrameError(ValueError):

@@ -14,10 +14,13 @@ room instead of joining one that is no longer registered.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import islice
 from typing import Generic, TypeVar
 
 import attrs
 import trio
+
+from .protocol import member_list_payload
 
 __all__ = ["Room", "RoomLock", "RoomRegistry"]
 
@@ -33,9 +36,44 @@ class Room(Generic[M]):
     lock: trio.Lock = attrs.field(factory=trio.Lock, repr=False)
     #: True once the room left the registry; a closed room is never reused.
     closed: bool = False
+    #: The encoded member list of the last ``join_ack`` (a JSON array of the
+    #: first member IDs, see :meth:`encoded_members`); ``None`` when a
+    #: membership change made it stale.
+    member_list: bytes | None = attrs.field(default=None, init=False, repr=False)
+    #: How many IDs ``member_list`` holds.
+    member_list_size: int = attrs.field(default=0, init=False, repr=False)
+    # The list reached its cap: members who join later come after it and
+    # leave it as it is.
+    _member_list_full: bool = attrs.field(default=False, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.members)
+
+    def add(self, member_id: str, member: M) -> None:
+        """Make ``member`` a member (it must not be one yet)."""
+        self.members[member_id] = member
+        if not self._member_list_full:
+            self.member_list = None
+
+    def remove(self, member_id: str) -> None:
+        """End the membership of ``member_id`` (it must be a member)."""
+        del self.members[member_id]
+        self.member_list = None
+
+    def encoded_members(self, cap: int) -> bytes:
+        """The compact JSON array of the first ``cap`` member IDs, in join order.
+
+        Encoded once and kept until the membership changes, so that joins of
+        a large room cost a copy rather than an encoding of its list. ``cap``
+        must be the same on every call for one room.
+        """
+        encoded = self.member_list
+        if encoded is None:
+            ids = list(islice(self.members, cap))
+            encoded = self.member_list = member_list_payload(ids)
+            self.member_list_size = len(ids)
+            self._member_list_full = len(ids) >= cap
+        return encoded
 
     def __contains__(self, member_id: object) -> bool:
         return member_id in self.members

@@ -27,7 +27,6 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from itertools import islice
 from typing import Any, TypeVar
 
 import attrs
@@ -56,6 +55,7 @@ from .handshake import Reject, Request, RequestError, origin_allowed
 from .log import BoundedLog
 from .metrics import Metrics, close_code_label
 from .protocol import (
+    CONTROL_CHARACTERS,
     RESERVED_EVENTS,
     FrameError,
     Message,
@@ -63,7 +63,7 @@ from .protocol import (
     encode,
     member_list_payload,
 )
-from .rooms import RoomRegistry
+from .rooms import Room, RoomRegistry
 from .settings import Settings
 from .transport import RECEIVE_SIZE, StreamTransport, close_socket_now, close_stream
 from .wsframe import binary_frame, frame_payload
@@ -88,6 +88,8 @@ ProcessRequestCallback = Callable[[Request], Awaitable[Response | None]]
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
 ROOT = "root"
+#: Finds a character that may not appear in room and event names.
+_find_control = CONTROL_CHARACTERS.search
 _PLAIN_HTTP = object()
 #: Why a session ended, as told to a client that tries to resume it.
 _ENDED_REASONS = {
@@ -644,6 +646,9 @@ class Server:
             except FrameError as exc:
                 self._bad_frame(conn, str(exc), ref=ref)
                 return
+        if _find_control(room) or _find_control(event):
+            self._bad_name(conn, room, event, ref)
+            return
         if event == "join":
             if await self._join(conn, room, ref=ref) and ref is not None:
                 self._send_reply(conn, room, ref, None)
@@ -663,6 +668,11 @@ class Server:
             # confuse other clients' frame counting.
             self._bad_frame(conn, f"clients may not send reserved event {event!r}", ref=ref)
         elif dst:
+            if room != ROOT and room not in conn._rooms:
+                # The recipient's client files a message under its room field:
+                # without this, anyone could write into a room they may not join.
+                self._refuse_direct(conn, room, event, ref)
+                return
             frame = binary_frame(encode(room, event, dst, conn.id, payload))
             if self._send_direct(dst, frame, room, conn):
                 if ref is not None:
@@ -730,6 +740,30 @@ class Server:
             # Graceful: the error event and what was queued before it go out
             # ahead of the close frame.
             conn.abort(CloseCode.POLICY_VIOLATION, "rate limit", "rate_limited", graceful=True)
+
+    def _bad_name(self, conn: Connection, room: str, event: str, ref: str | None) -> None:
+        if event == "join":
+            self._refuse_join(conn, room, "room name has control characters", ref)
+        else:
+            self._bad_frame(conn, "room or event name has control characters", ref=ref)
+
+    def _refuse_direct(self, conn: Connection, room: str, event: str, ref: str | None) -> None:
+        self.metrics.frames_dropped["not_a_member"] += 1
+        conn.frames_dropped += 1
+        self._drop_log.log(
+            logging.INFO,
+            "direct_not_a_member",
+            "direct message dropped: sender is not a member of its room",
+            extra={"conn_id": conn.id, "room": room, "event": event},
+        )
+        self._send_error(
+            conn,
+            room,
+            ErrorCode.NOT_A_MEMBER,
+            f"a direct message must use room {ROOT!r} or a room you are in",
+            event=event,
+            ref=ref,
+        )
 
     def _send_reply(self, conn: Connection, room: str, ref: str, value: Any) -> None:
         conn._deliver(binary_frame(reply_message(room, ref, value)))
@@ -838,13 +872,13 @@ class Server:
                 # has every member on other nodes, and a member told of the
                 # joiner can already reach it.
                 await self.backplane.joined(name, conn.id)
-            ids = await self._member_ids(name, members, conn.id)
+            member_list = await self._member_list(name, room, conn.id, new)
             # No checkpoint from here to the ack, so nothing of this room
             # reaches the joiner before its join_ack.
             if new:
-                members[conn.id] = conn
+                room.add(conn.id, conn)
                 conn._rooms[name] = None
-            ack = encode(name, "join_ack", "", conn.id, member_list_payload(ids))
+            ack = encode(name, "join_ack", "", conn.id, member_list)
             conn._deliver(binary_frame(ack))
             if new and notify and (len(members) > 1 or distributed):
                 notice = encode(name, "new_member", "", "", conn.id.encode())
@@ -855,26 +889,46 @@ class Server:
                 await self._run_hooks("join", conn, name)
         return True
 
-    async def _member_ids(
-        self, name: str, members: dict[str, Connection], joiner: str
-    ) -> list[str]:
-        """The member list of a ``join_ack``: the joiner first, then the others."""
-        if name == ROOT:
-            limit = self.settings.root_member_list_limit
-            others = (m for m in members if m != joiner)
-            ids = [joiner, *islice(others, max(limit - 1, 0))]
-        else:
-            ids = [joiner, *(m for m in members if m != joiner)]
-        if self.backplane.distributed and (
-            name != ROOT or len(ids) < self.settings.root_member_list_limit
-        ):
-            cap = self.settings.root_member_list_limit - len(ids) if name == ROOT else None
-            ids.extend(await self.backplane.remote_members(name, limit=cap))
-        return ids
+    async def _member_list(
+        self, name: str, room: Room[Connection], joiner: str, new: bool
+    ) -> bytes:
+        """The member list of a ``join_ack``: the joiner first, then the others.
+
+        At most ``member_list_limit`` IDs (``root_member_list_limit`` for
+        ``root``), members on other nodes included. The others' part is
+        encoded once per membership change (:meth:`Room.encoded_members`).
+        A repeated join gets the joiner alone: the client has the list
+        already, kept current by ``new_member`` and ``member_left``, and
+        joining again must not be a way to have it sent over and over.
+        """
+        own = member_list_payload((joiner,))
+        if not new:
+            return own
+        settings = self.settings
+        limit = settings.root_member_list_limit if name == ROOT else settings.member_list_limit
+        cap = max(limit - 1, 0)
+        others = room.encoded_members(cap)
+        listed = room.member_list_size
+        parts: list[bytes | memoryview] = [own[:-1]]
+        if listed:
+            parts += (b",", memoryview(others)[1:-1])
+        if self.backplane.distributed and listed < cap:
+            remote = await self.backplane.remote_members(name, limit=cap - listed)
+            if remote:
+                parts += (b",", member_list_payload(remote[: cap - listed])[1:-1])
+        parts.append(b"]")
+        return b"".join(parts)
 
     def _refuse_join(self, conn: Connection, name: str, reason: str, ref: str | None) -> None:
         self.metrics.frames_dropped["join_refused"] += 1
-        conn.log.info("join refused: %s", reason, extra={"room": name})
+        # Bounded: a client can have joins refused as fast as it sends them.
+        self._drop_log.log(
+            logging.INFO,
+            "join_refused",
+            "join refused: %s",
+            reason,
+            extra={"conn_id": conn.id, "room": name},
+        )
         self._send_error(conn, name, ErrorCode.JOIN_REFUSED, reason, event="join", ref=ref)
 
     async def _leave(self, conn: Connection, name: str, *, ack: bool = True) -> None:
@@ -885,7 +939,7 @@ class Server:
                     # Unregistered before the notice goes out, so a member told
                     # of the leave no longer finds it in member lists.
                     await self.backplane.left(name, conn.id)
-                self._remove_member(conn, name, room.members)
+                self._remove_member(conn, name, room)
                 left = True
         conn._rooms.pop(name, None)
         if ack:
@@ -895,9 +949,10 @@ class Server:
             if self._hooks["leave"]:
                 await self._run_hooks("leave", conn, name)
 
-    def _remove_member(self, conn: Connection, name: str, members: dict[str, Connection]) -> None:
-        del members[conn.id]
+    def _remove_member(self, conn: Connection, name: str, room: Room[Connection]) -> None:
+        room.remove(conn.id)
         conn._rooms.pop(name, None)
+        members = room.members
         if (members or self.backplane.distributed) and (name != ROOT or self.settings.root_notices):
             notice = encode(name, "member_left", "", "", conn.id.encode())
             self._fanout(name, notice, binary_frame(notice), "", count=False)
@@ -905,7 +960,7 @@ class Server:
     def _force_leave(self, conn: Connection, name: str) -> None:
         room = self._rooms.get(name)
         if room is not None and conn.id in room.members:
-            self._remove_member(conn, name, room.members)
+            self._remove_member(conn, name, room)
             self._rooms._remove_if_empty(room)
         conn._rooms.pop(name, None)
 

@@ -41,6 +41,10 @@ class Settings:
     #: At most this many IDs in the ``root`` ``join_ack`` member list (the
     #: joiner is always first). Keeps connecting O(1) at 10,000 connections.
     root_member_list_limit: int = attrs.field(default=100, validator=attrs.validators.ge(0))
+    #: At most this many IDs in the ``join_ack`` member list of any other room
+    #: (the joiner first, then the oldest members). Bounds what one join can
+    #: make the server send: a room's full list grows without limit.
+    member_list_limit: int = attrs.field(default=1000, validator=attrs.validators.ge(0))
 
     # Outbound queue and slow consumers
     #: Capacity of each connection's outbound queue, in frames.

@@ -230,6 +230,32 @@ describe("joining and leaving rooms", function () {
         root.close();
     });
 
+    test("a join_ack for a room already open answers a repeated join: the member list stays", function () {
+        const { root, socket, welcome } = connect();
+        welcome(A);
+        const lobby = root.join("lobby");
+        joinAck(socket, "lobby", A, [A, B]);
+        socket.deliver({ room: "lobby", event: "new_member", src: "", payload: C });
+        // The server answers a repeated join with the joiner alone.
+        joinAck(socket, "lobby", A, [A]);
+        assert.deepEqual(lobby.members(), [A, B, C]);
+        assert.equal(lobby.open(), true);
+        root.close();
+    });
+
+    test("the join_ack after a leave and a new join replaces the member list", function () {
+        const { root, socket, welcome } = connect();
+        welcome(A);
+        const lobby = root.join("lobby");
+        joinAck(socket, "lobby", A, [A, B]);
+        lobby.leave();
+        root.join("lobby");
+        socket.deliver({ room: "lobby", event: "leave_ack", src: A, payload: A });
+        joinAck(socket, "lobby", A, [A, C]);
+        assert.deepEqual(lobby.members(), [A, C]);
+        root.close();
+    });
+
     test("a room left before its join_ack never opens", async function () {
         const { root, socket, welcome } = connect();
         welcome(A);

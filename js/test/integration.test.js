@@ -189,6 +189,9 @@ describe("against the Python server", { timeout: TEST_TIMEOUT_MS * 4 }, function
 
         // A peer that lies about src: the server must put the real ID there.
         const mallory = await clients.raw();
+        // A direct message's room must be root or one the sender is in.
+        mallory.send({ room: "direct", event: "join", dst: "", src: "", payload: "" });
+        await mallory.nextFrame((frame) => frame.room === "direct" && frame.event === "join_ack", "mallory's join_ack");
         const spoofed = next(bobRoom, "whisper", "the spoofed whisper");
         mallory.send({ room: "direct", event: "whisper", dst: bob.id(), src: alice.id(), payload: "from mallory" });
         const [spoofPayload, spoofSender] = await spoofed;
