@@ -39,6 +39,8 @@ class Metrics:
     #: Connections closed, by WebSocket close code.
     close_codes: Counter[int] = attrs.field(factory=Counter)
     handler_errors: int = 0
+    #: ``on_disconnect`` hooks cancelled at ``hook_timeout``.
+    hook_timeouts: int = 0
     handler_calls: int = 0
     handler_seconds: float = 0.0
     heartbeat_failures: int = 0
@@ -74,6 +76,7 @@ COUNTER_HELP = {
     "broadcasts": "Room broadcasts and emits",
     "fanout_deliveries": "Deliveries made by broadcasts",
     "handler_errors": "Handler and hook calls that raised",
+    "hook_timeouts": "Disconnect hooks cancelled at hook_timeout",
     "heartbeat_failures": "Pings not answered in time",
     "backplane_errors": "Failed cross-node operations",
 }

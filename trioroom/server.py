@@ -22,6 +22,7 @@ to the real sender.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -180,7 +181,11 @@ class Server:
         return hook
 
     def on_disconnect(self, hook: H) -> H:
-        """Register ``async hook(conn)``; ``conn.close_code``/``disconnect_reason`` say why."""
+        """Register ``async hook(conn)``; ``conn.close_code``/``disconnect_reason`` say why.
+
+        The hook runs even when the connection was cancelled, and is cancelled
+        itself after ``settings.hook_timeout`` seconds.
+        """
         self._hooks["disconnect"].append(hook)
         return hook
 
@@ -194,15 +199,29 @@ class Server:
         self._hooks["leave"].append(hook)
         return hook
 
-    async def _run_hooks(self, name: str, *args: Any) -> None:
+    async def _run_hooks(self, name: str, *args: Any, limit: float | None = None) -> None:
         # Callers check ``self._hooks[name]`` first: most servers have no
         # hooks, and a coroutine per join and leave is not free.
         for hook in self._hooks[name]:
             try:
-                await hook(*args)
+                # Each hook has its own deadline: one that hangs must not
+                # starve the hooks registered after it.
+                with trio.move_on_after(math.inf if limit is None else limit) as scope:
+                    await hook(*args)
             except Exception:
                 self.metrics.handler_errors += 1
                 logger.exception("%s hook failed", name, extra=_context(args))
+            else:
+                if scope.cancelled_caught:
+                    self.metrics.hook_timeouts += 1
+                    logger.warning(
+                        "%s hook %s.%s overran %gs: cancelled",
+                        name,
+                        getattr(hook, "__module__", "?"),
+                        getattr(hook, "__qualname__", repr(hook)),
+                        limit,
+                        extra=_context(args),
+                    )
 
     # -- serving -------------------------------------------------------------
 
@@ -481,7 +500,9 @@ class Server:
                         await conn._close_transport(transport)
                     conn._set_closed()
                     if self._hooks["disconnect"]:
-                        await self._run_hooks("disconnect", conn)
+                        # Shielded so that hooks run even when cancelled, and
+                        # therefore bounded: shutdown must end.
+                        await self._run_hooks("disconnect", conn, limit=self.settings.hook_timeout)
 
     # -- sessions of the trioroom.v1 extension ------------------------------------
 

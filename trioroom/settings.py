@@ -59,6 +59,9 @@ class Settings:
     close_timeout: float = attrs.field(default=2.0, validator=_positive)
     #: Graceful shutdown deadline.
     shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Deadline of each ``on_disconnect`` hook; one that overruns is cancelled
+    #: (and logged by name), so a hung hook cannot hold a shutdown forever.
+    hook_timeout: float = attrs.field(default=5.0, validator=_positive)
 
     # Limits on what clients send
     #: Largest inbound message; larger ones close the connection with 1009.
