@@ -63,6 +63,7 @@ GAUGE_HELP = {
     "rooms": "Rooms with at least one member",
     "queued_frames": "Frames waiting in outbound queues, all connections",
     "queued_bytes": "Bytes waiting in outbound queues, all connections",
+    "buffered_bytes": "Bytes queued, being written or kept for replay, all connections",
 }
 
 #: Plain counters: Metrics attribute -> help text.

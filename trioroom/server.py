@@ -39,6 +39,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from .backplane import Backplane, LocalBackplane
+from .budget import Budget
 from .connection import CloseCode, Connection, Transport, check_close
 from .extension import (
     ACK,
@@ -93,6 +94,7 @@ _PLAIN_HTTP = object()
 _ENDED_REASONS = {
     "resume_expired": "expired",
     "slow_consumer": "buffer_overflow",
+    "memory_budget": "buffer_overflow",
     "resume_gap": "buffer_overflow",
     "peer": "closed",
     "kicked": "kicked",
@@ -138,6 +140,7 @@ class Server:
         self.process_request = process_request
         self.backplane = backplane or LocalBackplane()
         self._rooms: RoomRegistry[Connection] = RoomRegistry()
+        self._budget = Budget(settings.max_buffered_bytes)
         self._connections: dict[str, Connection] = {}
         self._per_address: Counter[str] = Counter()
         self._handshaking = 0
@@ -499,6 +502,7 @@ class Server:
                     if not transport_closed:
                         await conn._close_transport(transport)
                     conn._set_closed()
+                    conn._release()
                     if self._hooks["disconnect"]:
                         # Shielded so that hooks run even when cancelled, and
                         # therefore bounded: shutdown must end.
@@ -509,7 +513,9 @@ class Server:
     def _open_session(self, conn: Connection) -> None:
         settings = self.settings
         conn.resume_token = secrets.token_urlsafe(24)
-        conn.replay = ReplayBuffer(settings.resume_buffer_frames, settings.resume_buffer_bytes)
+        conn.replay = ReplayBuffer(
+            settings.resume_buffer_frames, settings.resume_buffer_bytes, budget=self._budget
+        )
         conn._may_resume = True
         conn._session_changed = trio.Event()
         conn._suspended = trio.Event()
@@ -1077,13 +1083,14 @@ class Server:
         return removed
 
     def stats(self) -> dict[str, float]:
-        """Live gauges: connections, rooms and outbound queue fill."""
+        """Live gauges: connections, rooms, outbound queue fill and budgeted bytes."""
         conns = self._connections.values()
         return {
             "connections": len(self._connections),
             "rooms": len(self._rooms),
             "queued_frames": sum(c.queued_frames for c in conns),
             "queued_bytes": sum(c.queued_bytes for c in conns),
+            "buffered_bytes": self._budget.used,
         }
 
     async def handle_trio_websocket(self, request: Any) -> None:
