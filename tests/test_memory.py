@@ -7,13 +7,16 @@ last test runs ``trioroom serve`` with its defaults against real sockets.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import trio
 import trio.testing
 
+from benchmarks.procs import proc_rss_kib
 from trioroom import CloseCode, Message, Server
 
+from .serveproc import Client, http_get, metric_value, serve_process
 from .wire import RawClient, memory_client, wait_until
 
 V1 = ["trioroom.v1"]
@@ -140,3 +143,88 @@ async def test_defaults_fit_one_address_in_a_two_gib_process() -> None:
     assert settings.max_buffered_bytes <= 1 << 30
     assert settings.max_connections_per_address * per_connection > settings.max_buffered_bytes
     assert settings.queue_bytes >= settings.max_message_size
+
+
+# -- the acceptance run: `trioroom serve` with its defaults ---------------------
+
+MESSAGES, SIZE, RATE, READERS = 8000, 4096, 1000, 10
+#: Far above what the server needs (~50 MiB idle, a few MiB more here), far
+#: below what an unbounded queue would reach: 8,000 x 4 KiB to the stuck
+#: reader alone is 32 MiB, and a leak per message shows at once.
+RSS_BOUND_KIB = 256 * 1024
+
+
+async def test_default_serve_feeds_ten_readers_and_closes_a_stuck_one() -> None:
+    # No flags but the address: rate limit, queues and budget are the defaults.
+    async with serve_process() as server:
+        readers = [await Client.connect(server.address) for _ in range(READERS)]
+        for reader in readers:
+            await reader.join("feed")
+        # The stuck reader advertises a tiny receive window and never reads.
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await sock.connect(server.address)
+        stuck = await RawClient.connect(trio.SocketStream(sock))
+        await stuck.send(Message("feed", "join"))
+        while (await readers[0].recv_until("new_member", "feed")).payload != stuck.id.encode():
+            pass
+        sender = await Client.connect(server.address)
+        await sender.join("feed")
+
+        received: dict[int, list[int]] = {n: [] for n in range(READERS)}
+        all_read = trio.Event()
+        peak_rss = 0
+
+        async def read(n: int) -> None:
+            while len(received[n]) < MESSAGES:
+                msg = await readers[n].recv()
+                if msg.event == "blob":
+                    assert msg.src == sender.id
+                    assert len(msg.payload) == SIZE
+                    received[n].append(int(msg.payload[:6]))
+            if all(len(got) == MESSAGES for got in received.values()):
+                all_read.set()
+
+        async def sample_rss() -> None:
+            nonlocal peak_rss
+            while True:
+                peak_rss = max(peak_rss, proc_rss_kib(server.proc.pid))
+                await trio.sleep(0.1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample_rss)
+            for n in range(READERS):
+                nursery.start_soon(read, n)
+            pad = b"p" * (SIZE - 6)
+            # Generous bounds (8 s of sending), within pytest's 120 s: the
+            # machine is slow and shared.
+            with trio.fail_after(50):
+                start = trio.current_time()
+                for i in range(MESSAGES):
+                    if i % 10 == 0:
+                        # Paced against the clock: 1,000/s on average, however
+                        # late one batch was.
+                        await trio.sleep_until(start + i / RATE)
+                    await sender.send(Message("feed", "blob", "", "", b"%06d" % i + pad))
+            with trio.move_on_after(30):
+                await all_read.wait()
+            nursery.cancel_scope.cancel()
+        expected = list(range(MESSAGES))
+        for n in range(READERS):
+            assert received[n] == expected, f"reader {n}: {len(received[n])} messages"
+        assert 0 < peak_rss < RSS_BOUND_KIB, peak_rss
+
+        # The stuck reader was closed by the server: reading now, it finds
+        # the end of the stream (or the 4001 close frame) after what was sent.
+        code, _ = await stuck.wait_closed()
+        assert code in (CloseCode.SLOW_CONSUMER, None)
+        with trio.fail_after(60):
+            while True:
+                text = (await http_get(server.address, "/metrics")).text
+                # Every frame written and every connection's bytes given back.
+                if metric_value(text, "trioroom_buffered_bytes") == 0:
+                    break
+                await trio.sleep(0.1)
+        assert metric_value(text, "trioroom_disconnects_total", 'reason="slow_consumer"') == 1
+        assert metric_value(text, "trioroom_connections") == READERS + 1
+        assert "memory_budget" not in text
