@@ -33,7 +33,7 @@ from websockets.frames import Close
 
 from .extension import ErrorCode, ReplayBuffer, error_message
 from .handshake import Request
-from .log import ConnectionLogger
+from .log import BoundedLog, ConnectionLogger
 from .protocol import encode
 from .wsframe import binary_frame
 
@@ -44,6 +44,9 @@ __all__ = ["CloseCode", "Connection", "Transport"]
 
 logger = logging.getLogger("trioroom.connection")
 _WRITER = "trioroom.Connection._writer"
+#: Over-budget drops can come with every frame: logged at a bounded rate.
+_pressure_log = BoundedLog(logger)
+_FULL = {"slow_consumer": "queue full", "memory_budget": "server buffer budget full"}
 _HEARTBEAT = "trioroom.Connection._heartbeat"
 
 
@@ -99,6 +102,7 @@ class Connection:
     # in the per-connection memory. Application state goes in ``data``.
     __slots__ = (
         "__weakref__",
+        "_budget",
         "_cancel_scope",
         "_closed",
         "_data",
@@ -106,6 +110,7 @@ class Connection:
         "_ended",
         "_graceful",
         "_inflight",
+        "_inflight_bytes",
         "_log",
         "_may_resume",
         "_preamble",
@@ -149,6 +154,9 @@ class Connection:
         self._queue_bytes_limit = settings.queue_bytes
         self._drop_oldest = settings.slow_consumer_policy == "drop_oldest"
         self._queued_bytes = 0
+        # Shared by every connection of the server: queued, in-flight and
+        # replay bytes all count against it.
+        self._budget = server._budget
         self._cancel_scope: trio.CancelScope | None = None
         #: Set when the connection is closing: (code, reason, why).
         self.close_code: int | None = None
@@ -182,6 +190,9 @@ class Connection:
         # Frames written before anything queued, outside the numbering.
         self._preamble: list[bytes] = []
         self._inflight: list[bytes] = []
+        # Bytes of _inflight still counted in the budget (none when the
+        # replay buffer took them over).
+        self._inflight_bytes = 0
         self._write_started: float | None = None
 
     def __repr__(self) -> str:
@@ -294,61 +305,104 @@ class Connection:
 
     def _deliver(self, frame: bytes) -> bool:
         """Queue one encoded frame without blocking; apply the slow-consumer policy."""
-        if self.close_code is not None and not self._may_resume:
+        if (self.close_code is not None and not self._may_resume) or self._ended:
             return False
         size = len(frame)
-        if self._queued_bytes + size <= self._queue_bytes_limit:
+        budget = self._budget
+        if (
+            self._queued_bytes + size <= self._queue_bytes_limit
+            and budget.used + size <= budget.limit
+        ):
             try:
                 self._send_channel.send_nowait(frame)
             except trio.WouldBlock:
                 pass
             else:
                 self._queued_bytes += size
+                budget.used += size
                 return True
         return self._overflow(frame)
 
     def _overflow(self, frame: bytes) -> bool:
         metrics = self.server.metrics
+        size = len(frame)
+        budget = self._budget
+        stats = self._send_channel.statistics()
+        # The connection's own bounds come first: a full queue is a slow
+        # consumer whatever the rest of the server holds. Otherwise the frame
+        # fits this queue but not the server's budget, and this recipient,
+        # the one whose frame does not fit, pays.
+        own_full = (
+            self._queued_bytes + size > self._queue_bytes_limit
+            or stats.current_buffer_used >= stats.max_buffer_size
+        )
+        why = "slow_consumer" if own_full else "memory_budget"
         if self._may_resume and (self.suspended or self.close_code is not None):
             # The socket is gone and its replay would now have a gap: the
             # session cannot be resumed any more.
-            metrics.frames_dropped["session_overflow"] += 1
-            self.log.info("queue full while the socket is down: ending the session")
-            self.disconnect_reason = "slow_consumer"
+            metrics.frames_dropped["session_overflow" if own_full else why] += 1
+            self.log.info("%s while the socket is down: ending the session", _FULL[why])
+            self.disconnect_reason = why
             self._may_resume = False
-            self.abort(CloseCode.SLOW_CONSUMER, "slow consumer", "slow_consumer")
+            self.abort(CloseCode.SLOW_CONSUMER, "slow consumer", why)
             return False
         if not self._drop_oldest:
-            metrics.frames_dropped["slow_consumer"] += 1
-            self.log.warning(
-                "outbound queue full (%d frames, %d bytes): disconnecting slow consumer",
-                self.queued_frames,
-                self._queued_bytes,
-            )
-            self.abort(CloseCode.SLOW_CONSUMER, "slow consumer", "slow_consumer")
+            metrics.frames_dropped[why] += 1
+            if own_full:
+                self.log.warning(
+                    "outbound queue full (%d frames, %d bytes): disconnecting slow consumer",
+                    self.queued_frames,
+                    self._queued_bytes,
+                )
+            else:
+                self._log_over_budget("disconnecting the recipient")
+            self.abort(CloseCode.SLOW_CONSUMER, "slow consumer", why)
             return False
-        size = len(frame)
-        if size > self._queue_bytes_limit:
-            metrics.frames_dropped["too_large_for_queue"] += 1
+        if size > self._queue_bytes_limit or size > budget.limit:
+            metrics.frames_dropped[
+                "too_large_for_queue" if size > self._queue_bytes_limit else why
+            ] += 1
             self.frames_dropped += 1
             return False
+        dropping = "drop_oldest" if own_full else why
         while True:
             try:
                 old = self._receive_channel.receive_nowait()
             except trio.WouldBlock:
                 break
             self._queued_bytes -= len(old)
+            budget.used -= len(old)
             if old:
-                metrics.frames_dropped["drop_oldest"] += 1
+                metrics.frames_dropped[dropping] += 1
                 self.frames_dropped += 1
-            if self._queued_bytes + size <= self._queue_bytes_limit:
+            if self._queued_bytes + size <= self._queue_bytes_limit and budget.fits(size):
                 try:
                     self._send_channel.send_nowait(frame)
                 except trio.WouldBlock:
                     continue
                 self._queued_bytes += size
+                budget.used += size
+                if not own_full:
+                    self._log_over_budget("dropped the recipient's oldest frames")
                 return True
+        # Nothing of this connection's is left to drop: the budget is held by
+        # others, and this frame cannot be queued.
+        metrics.frames_dropped[why] += 1
+        self.frames_dropped += 1
+        self._log_over_budget("dropped a frame to the recipient")
         return False
+
+    def _log_over_budget(self, action: str) -> None:
+        budget = self._budget
+        _pressure_log.log(
+            logging.WARNING,
+            "memory_budget",
+            "server buffer budget full (%d of %d bytes): %s",
+            budget.used,
+            budget.limit,
+            action,
+            extra={"conn_id": self.id},
+        )
 
     def _wake_writer(self) -> None:
         # An empty frame writes nothing but makes the writer flush the
@@ -446,9 +500,14 @@ class Connection:
             while queued > 0:
                 frames.append(receive_nowait())
                 queued -= len(frames[-1])
+            taken = self._queued_bytes - queued
             self._queued_bytes = queued
             if self.replay is not None:
+                # The replay buffer holds these bytes from now on.
+                self._budget.used -= taken
                 self._record(frames)
+            else:
+                self._inflight_bytes = taken
             if self._preamble:
                 frames = self._preamble + frames
                 self._preamble = []
@@ -469,6 +528,8 @@ class Connection:
                 scope.cancel()
                 return
             self._write_started = None
+            self._budget.used -= self._inflight_bytes
+            self._inflight_bytes = 0
             # Drop references now: a waiting coroutine frame would keep the
             # last batch (a root join_ack of 100 IDs is ~4 KiB) alive.
             self._inflight = frames = []
@@ -561,8 +622,16 @@ class Connection:
                 frames.append(self._receive_channel.receive_nowait())
         except trio.WouldBlock:
             pass
+        self._budget.used -= self._queued_bytes + self._inflight_bytes
         self._queued_bytes = 0
+        self._inflight_bytes = 0
         return [f for f in frames if f]
+
+    def _release(self) -> None:
+        """Give back everything the ended connection holds against the budget."""
+        self._pending_frames()
+        if self.replay is not None:
+            self.replay.clear()
 
     async def _close_transport(self, transport: Transport, *, keep_queue: bool = False) -> None:
         """Send the close frame (after queued frames when graceful), bounded in time.

@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from .budget import Budget
 from .protocol import encode
 
 __all__ = [
@@ -135,22 +136,39 @@ class ReplayBuffer:
     _bytes: int = 0
     #: Number of the last frame recorded.
     sent: int = 0
+    #: The server-wide budget the buffered bytes count against, if any.
+    budget: Budget | None = None
 
     def record(self, frame: bytes) -> None:
         self.sent += 1
         self._frames.append(frame)
         self._bytes += len(frame)
+        if self.budget is not None:
+            self.budget.used += len(frame)
         while self._frames and (
             len(self._frames) > self.max_frames or self._bytes > self.max_bytes
         ):
-            self._bytes -= len(self._frames.popleft())
-            self._first += 1
+            self._forget_first()
 
     def acknowledge(self, count: int) -> None:
         count = min(count, self.sent)
         while self._frames and self._first <= count:
-            self._bytes -= len(self._frames.popleft())
-            self._first += 1
+            self._forget_first()
+
+    def _forget_first(self) -> None:
+        size = len(self._frames.popleft())
+        self._bytes -= size
+        if self.budget is not None:
+            self.budget.used -= size
+        self._first += 1
+
+    def clear(self) -> None:
+        """Forget every frame (the session ended): give their bytes back."""
+        if self.budget is not None:
+            self.budget.used -= self._bytes
+        self._first += len(self._frames)
+        self._frames.clear()
+        self._bytes = 0
 
     def since(self, last: int) -> list[bytes] | None:
         """Frames numbered above ``last``; ``None`` if any of them is gone."""

@@ -62,6 +62,8 @@ class Metrics:
     #: are not in :data:`KNOWN_CLOSE_CODES` are counted by range (``"4xxx"``).
     close_codes: Counter[int | str] = attrs.field(factory=Counter)
     handler_errors: int = 0
+    #: ``on_disconnect`` hooks cancelled at ``hook_timeout``.
+    hook_timeouts: int = 0
     handler_calls: int = 0
     handler_seconds: float = 0.0
     heartbeat_failures: int = 0
@@ -85,6 +87,7 @@ GAUGE_HELP = {
     "queued_frames": "Frames waiting in outbound queues, all connections",
     "queued_bytes": "Bytes waiting in outbound queues, all connections",
     "backplane_up": "1 while the backplane reaches the other nodes (always, in one process)",
+    "buffered_bytes": "Bytes queued, being written or kept for replay, all connections",
 }
 
 #: Plain counters: Metrics attribute -> help text.
@@ -98,6 +101,7 @@ COUNTER_HELP = {
     "broadcasts": "Room broadcasts and emits",
     "fanout_deliveries": "Deliveries made by broadcasts",
     "handler_errors": "Handler and hook calls that raised",
+    "hook_timeouts": "Disconnect hooks cancelled at hook_timeout",
     "heartbeat_failures": "Pings not answered in time",
     "backplane_errors": "Failed cross-node operations",
 }

@@ -22,6 +22,7 @@ to the real sender.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -37,6 +38,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from .backplane import Backplane, LocalBackplane
+from .budget import Budget
 from .connection import CloseCode, Connection, Transport, check_close
 from .extension import (
     ACK,
@@ -95,6 +97,7 @@ _PLAIN_HTTP = object()
 _ENDED_REASONS = {
     "resume_expired": "expired",
     "slow_consumer": "buffer_overflow",
+    "memory_budget": "buffer_overflow",
     "resume_gap": "buffer_overflow",
     "peer": "closed",
     "kicked": "kicked",
@@ -140,6 +143,7 @@ class Server:
         self.process_request = process_request
         self.backplane = backplane or LocalBackplane()
         self._rooms: RoomRegistry[Connection] = RoomRegistry()
+        self._budget = Budget(settings.max_buffered_bytes)
         self._connections: dict[str, Connection] = {}
         self._per_address: Counter[str] = Counter()
         self._handshaking = 0
@@ -185,7 +189,11 @@ class Server:
         return hook
 
     def on_disconnect(self, hook: H) -> H:
-        """Register ``async hook(conn)``; ``conn.close_code``/``disconnect_reason`` say why."""
+        """Register ``async hook(conn)``; ``conn.close_code``/``disconnect_reason`` say why.
+
+        The hook runs even when the connection was cancelled, and is cancelled
+        itself after ``settings.hook_timeout`` seconds.
+        """
         self._hooks["disconnect"].append(hook)
         return hook
 
@@ -199,15 +207,29 @@ class Server:
         self._hooks["leave"].append(hook)
         return hook
 
-    async def _run_hooks(self, name: str, *args: Any) -> None:
+    async def _run_hooks(self, name: str, *args: Any, limit: float | None = None) -> None:
         # Callers check ``self._hooks[name]`` first: most servers have no
         # hooks, and a coroutine per join and leave is not free.
         for hook in self._hooks[name]:
             try:
-                await hook(*args)
+                # Each hook has its own deadline: one that hangs must not
+                # starve the hooks registered after it.
+                with trio.move_on_after(math.inf if limit is None else limit) as scope:
+                    await hook(*args)
             except Exception:
                 self.metrics.handler_errors += 1
                 logger.exception("%s hook failed", name, extra=_context(args))
+            else:
+                if scope.cancelled_caught:
+                    self.metrics.hook_timeouts += 1
+                    logger.warning(
+                        "%s hook %s.%s overran %gs: cancelled",
+                        name,
+                        getattr(hook, "__module__", "?"),
+                        getattr(hook, "__qualname__", repr(hook)),
+                        limit,
+                        extra=_context(args),
+                    )
 
     # -- serving -------------------------------------------------------------
 
@@ -491,15 +513,20 @@ class Server:
                     if not transport_closed:
                         await conn._close_transport(transport)
                     conn._set_closed()
+                    conn._release()
                     if self._hooks["disconnect"]:
-                        await self._run_hooks("disconnect", conn)
+                        # Shielded so that hooks run even when cancelled, and
+                        # therefore bounded: shutdown must end.
+                        await self._run_hooks("disconnect", conn, limit=self.settings.hook_timeout)
 
     # -- sessions of the trioroom.v1 extension ------------------------------------
 
     def _open_session(self, conn: Connection) -> None:
         settings = self.settings
         conn.resume_token = secrets.token_urlsafe(24)
-        conn.replay = ReplayBuffer(settings.resume_buffer_frames, settings.resume_buffer_bytes)
+        conn.replay = ReplayBuffer(
+            settings.resume_buffer_frames, settings.resume_buffer_bytes, budget=self._budget
+        )
         conn._may_resume = True
         conn._session_changed = trio.Event()
         conn._suspended = trio.Event()
@@ -1139,7 +1166,7 @@ class Server:
         return removed
 
     def stats(self) -> dict[str, float]:
-        """Live gauges: connections, rooms, outbound queue fill, backplane state."""
+        """Live gauges: connections, rooms, outbound queue fill, budgeted bytes, backplane."""
         conns = self._connections.values()
         return {
             "connections": len(self._connections),
@@ -1147,6 +1174,7 @@ class Server:
             "queued_frames": sum(c.queued_frames for c in conns),
             "queued_bytes": sum(c.queued_bytes for c in conns),
             "backplane_up": 1 if self.backplane.up else 0,
+            "buffered_bytes": self._budget.used,
         }
 
     async def handle_trio_websocket(self, request: Any) -> None:

@@ -50,7 +50,11 @@ class Settings:
     #: Capacity of each connection's outbound queue, in frames.
     queue_frames: int = attrs.field(default=256, validator=_positive)
     #: Bound on the bytes waiting in one connection's outbound queue.
-    queue_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    queue_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
+    #: Bound on the bytes held for all clients together: every outbound queue,
+    #: the frames being written, and every replay buffer. A frame that does not
+    #: fit is answered with its recipient's slow-consumer policy.
+    max_buffered_bytes: int = attrs.field(default=1024 * 1024 * 1024, validator=_positive)
     #: What happens when a connection's outbound queue is full.
     slow_consumer_policy: SlowConsumerPolicy = attrs.field(
         default="disconnect", validator=attrs.validators.in_(("disconnect", "drop_oldest"))
@@ -69,6 +73,9 @@ class Settings:
     close_timeout: float = attrs.field(default=2.0, validator=_positive)
     #: Graceful shutdown deadline.
     shutdown_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Deadline of each ``on_disconnect`` hook; one that overruns is cancelled
+    #: (and logged by name), so a hung hook cannot hold a shutdown forever.
+    hook_timeout: float = attrs.field(default=5.0, validator=_positive)
 
     # Limits on what clients send
     #: Largest inbound message; larger ones close the connection with 1009.
@@ -116,7 +123,7 @@ class Settings:
     #: Frames kept for replay per session (sent but not acknowledged).
     resume_buffer_frames: int = attrs.field(default=1024, validator=_positive)
     #: Bytes kept for replay per session.
-    resume_buffer_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
+    resume_buffer_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
     #: A request (a frame with ``src="?<ref>"``) whose handler takes longer is
     #: answered with a ``timeout`` error.
     request_timeout: float = attrs.field(default=30.0, validator=_positive)
