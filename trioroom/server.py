@@ -53,6 +53,7 @@ from .extension import (
     session_message,
 )
 from .handshake import Reject, Request, RequestError, origin_allowed
+from .log import BoundedLog
 from .metrics import Metrics
 from .protocol import (
     RESERVED_EVENTS,
@@ -138,7 +139,14 @@ class Server:
         self.backplane = backplane or LocalBackplane()
         self._rooms: RoomRegistry[Connection] = RoomRegistry()
         self._connections: dict[str, Connection] = {}
+        # Connection slots per client address, taken at admission (before
+        # authorize) and held until the connection is gone.
         self._per_address: Counter[str] = Counter()
+        # Admitted requests whose slot no Connection holds yet.
+        self._reserved: dict[Request, str] = {}
+        # Handshakes in progress per client address (see _begin_handshake).
+        self._handshakes: Counter[str] = Counter()
+        self._admission_log = BoundedLog(logger)
         self._handshaking = 0
         self._handlers: dict[str, Handler] = {}
         self._hooks: dict[str, list[Callable[..., Awaitable[None]]]] = {h: [] for h in _HOOKS}
@@ -317,6 +325,9 @@ class Server:
         Never raises: every failure is logged and the stream is closed.
         """
         remote = _remote_address(stream)
+        if not await self._begin_handshake(remote, stream):
+            await close_stream(stream)
+            return
         protocol = ServerProtocol(
             max_size=self.settings.max_message_size,
             logger=wire_logger,
@@ -326,7 +337,10 @@ class Server:
         self._handshaking += 1
         registered = False
         try:
-            conn = await self._open(stream, protocol, remote)
+            try:
+                conn = await self._open(stream, protocol, remote)
+            finally:
+                self._end_handshake(remote)
             if conn is None:
                 return
             registered = True
@@ -350,23 +364,27 @@ class Server:
         One deadline, ``handshake_timeout``, covers all of it: reading the
         request, deciding (``authorize`` included) and sending the answer.
         """
-        with trio.move_on_after(self.settings.handshake_timeout) as deadline:
-            ws_request = await _read_request(stream, protocol)
-            if ws_request is None:
-                return None
-            request = Request(ws_request.path, ws_request.headers, remote)
-            response, claims = await self._negotiate(request, ws_request, protocol)
-            accepted = response.status_code == 101
-            if not accepted and claims is not _PLAIN_HTTP:
-                self.metrics.handshakes_rejected[response.status_code] += 1
-            protocol.send_response(response)
-            await stream.send_all(b"".join(protocol.data_to_send()))
-            if not accepted:
-                return None
-            conn = Connection(self, str(uuid.uuid4()), request, claims)
-            if remote is not None:
-                self._per_address[remote] += 1
-            return conn
+        request: Request | None = None
+        try:
+            with trio.move_on_after(self.settings.handshake_timeout) as deadline:
+                ws_request = await _read_request(stream, protocol)
+                if ws_request is None:
+                    return None
+                request = Request(ws_request.path, ws_request.headers, remote)
+                response, claims = await self._negotiate(request, ws_request, protocol)
+                accepted = response.status_code == 101
+                if not accepted and claims is not _PLAIN_HTTP:
+                    self.metrics.handshakes_rejected[response.status_code] += 1
+                protocol.send_response(response)
+                await stream.send_all(b"".join(protocol.data_to_send()))
+                if not accepted:
+                    return None
+                return self._new_connection(request, claims)
+        finally:
+            # Refused, timed out, cancelled or failed after admission: the
+            # slot admit() reserved goes back (a no-op once a Connection has it).
+            if request is not None:
+                self.release_admission(request)
         if deadline.cancelled_caught:
             self.metrics.handshakes_rejected[408] += 1
             logger.debug("handshake from %s timed out", remote)
@@ -407,14 +425,88 @@ class Server:
         if len(self._connections) + self._handshaking > settings.max_connections:
             raise Reject(503, "Too many connections")
         remote = request.remote_address
-        if remote is not None and self._per_address[remote] >= settings.max_connections_per_address:
-            raise Reject(429, "Too many connections from your address")
+        if remote is not None:
+            if self._per_address[remote] >= settings.max_connections_per_address:
+                raise Reject(429, "Too many connections from your address")
+            # Reserved now, not after authorize and the 101: requests racing
+            # through a slow authorize would each see the old count.
+            self._per_address[remote] += 1
+            self._reserved[request] = remote
         if self.authorize is None:
             return None
-        claims = await self.authorize(request)
+        try:
+            claims = await self.authorize(request)
+        except BaseException:
+            self.release_admission(request)
+            raise
         if claims is None or claims is False:
+            self.release_admission(request)
             raise Reject(401, "Unauthorized")
         return claims
+
+    def release_admission(self, request: Request) -> None:
+        """Give back the connection slot :meth:`admit` reserved for ``request``.
+
+        An engine calls this when an admitted request does not become a
+        connection (the upgrade failed, timed out or was cancelled); once
+        :meth:`handle_transport` has the request, the connection holds the
+        slot until it closes. Calling it again, or for a request that holds no
+        slot, does nothing.
+        """
+        remote = self._reserved.pop(request, None)
+        if remote is not None:
+            self._release_address(remote)
+
+    def _new_connection(self, request: Request, claims: Any) -> Connection:
+        """A Connection that takes over the slot reserved for its request."""
+        if request not in self._reserved and request.remote_address is not None:
+            # Admitted elsewhere, not through admit(): take the slot now.
+            self._per_address[request.remote_address] += 1
+        self._reserved.pop(request, None)
+        return Connection(self, str(uuid.uuid4()), request, claims)
+
+    def _count_handshake(self, address: str | None) -> bool:
+        """Count a handshake in progress from ``address``; ``False`` over the cap.
+
+        Idle sockets from one address would otherwise hold the server's
+        handshake capacity (each counts against ``max_connections``) until
+        ``handshake_timeout``, locking everyone else out.
+        """
+        if address is None:
+            return True
+        limit = self.settings.max_handshakes_per_address
+        if self._handshakes[address] >= limit:
+            self._admission_log.log(
+                logging.WARNING,
+                "handshakes",
+                "refused a handshake from %s: %d already in progress from that address",
+                address,
+                limit,
+            )
+            return False
+        self._handshakes[address] += 1
+        return True
+
+    async def _begin_handshake(self, address: str | None, stream: trio.abc.Stream) -> bool:
+        """:meth:`_count_handshake` at accept; over the cap, answer 429 unread."""
+        if self._count_handshake(address):
+            return True
+        self.metrics.handshakes_rejected[429] += 1
+        response = ServerProtocol(logger=wire_logger).reject(
+            429, "Too many handshakes in progress from your address\n"
+        )
+        with trio.move_on_after(1):
+            try:
+                await stream.send_all(response.serialize())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        return False
+
+    def _end_handshake(self, address: str | None) -> None:
+        if address is not None:
+            self._handshakes[address] -= 1
+            if self._handshakes[address] <= 0:
+                del self._handshakes[address]
 
     async def _start(self, conn: Connection, transport: Transport) -> None:
         """Serve a new connection, or resume the session its request names."""
@@ -561,10 +653,8 @@ class Server:
         ``extended`` says the handshake selected the ``trioroom.v1`` subprotocol.
         """
         self._handshaking += 1
-        conn = Connection(self, str(uuid.uuid4()), request, claims)
+        conn = self._new_connection(request, claims)
         conn.extended = extended
-        if request.remote_address is not None:
-            self._per_address[request.remote_address] += 1
         await self._start(conn, transport)
 
     def _record_close(self, conn: Connection) -> None:

@@ -73,6 +73,10 @@ class Settings:
     max_connections: int = attrs.field(default=100_000, validator=_positive)
     #: Connections at once from one client IP address.
     max_connections_per_address: int = attrs.field(default=1024, validator=_positive)
+    #: WebSocket handshakes in progress at once from one client address;
+    #: more are answered 429 at once. Keeps idle sockets from one address
+    #: from holding the server's handshake capacity until handshake_timeout.
+    max_handshakes_per_address: int = attrs.field(default=64, validator=_positive)
     #: Sustained inbound messages per second per connection (token bucket);
     #: ``None`` or 0 (the default) turns rate limiting off, as in the wsrooms
     #: servers: a limit drops or refuses well-formed messages, so only the
