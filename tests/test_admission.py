@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import trio
+from websockets.datastructures import Headers
 
-from trioroom import Reject, Request, Server
+from trioroom import Reject, Request, Server, Settings
+from trioroom.handshake import TrustedProxies, client_address
 
 from .wire import WAIT, HandshakeRejected, RawClient, StartServer, wait_until
 
@@ -205,3 +207,157 @@ async def test_idle_sockets_from_one_address_cannot_lock_out_others(
         await stream.aclose()
     await client.close()
     await wait_until(lambda: server._handshaking == 0 and not server._handshakes)
+
+
+# -- item 4: the client's address behind a trusted proxy -----------------------------------
+
+
+def forwarded(
+    *pairs: tuple[str, str], peer: str | None = "10.0.0.1", trust: Any = ("10.0.0.1",)
+) -> str | None:
+    headers = Headers(list(pairs))
+    return client_address(headers, peer, TrustedProxies(trust))
+
+
+def test_x_forwarded_for_gives_the_right_most_untrusted_address() -> None:
+    xff = "X-Forwarded-For"
+    assert forwarded((xff, "203.0.113.7")) == "203.0.113.7"
+    # A client can put anything on the left; the proxy appends what it saw.
+    assert forwarded((xff, "6.6.6.6, 203.0.113.7")) == "203.0.113.7"
+    assert forwarded((xff, "garbage, 203.0.113.7")) == "203.0.113.7"
+    # Several proxies in a chain, each trusted: the first untrusted from the right.
+    trust = ("10.0.0.0/8", "192.168.1.1")
+    assert forwarded((xff, "203.0.113.7, 10.2.3.4, 192.168.1.1"), trust=trust) == "203.0.113.7"
+    # Every hop trusted: the left-most one.
+    assert forwarded((xff, "10.9.9.9, 10.2.3.4"), trust=trust) == "10.9.9.9"
+    # Several header lines read as one list, in order.
+    assert forwarded((xff, "6.6.6.6"), (xff, "203.0.113.7")) == "203.0.113.7"
+    # Ports and brackets are tolerated; the address is normalised.
+    assert forwarded((xff, "203.0.113.7:4711")) == "203.0.113.7"
+    assert forwarded((xff, "[2001:DB8::1]:4711")) == "2001:db8::1"
+    assert forwarded((xff, "2001:db8:0::1")) == "2001:db8::1"
+    # Malformed where it counts, or unknown: the peer address.
+    assert forwarded((xff, "not-an-address")) == "10.0.0.1"
+    assert forwarded((xff, "")) == "10.0.0.1"
+    assert forwarded((xff, "unknown")) == "10.0.0.1"
+    # Headers from an untrusted peer, or with no proxy trusted, are ignored.
+    assert forwarded((xff, "203.0.113.7"), peer="198.51.100.1") == "198.51.100.1"
+    assert forwarded((xff, "203.0.113.7"), trust=()) == "10.0.0.1"
+    assert forwarded((xff, "203.0.113.7"), peer=None) is None
+    # "*" trusts every address, so the left-most is the client.
+    assert forwarded((xff, "6.6.6.6, 203.0.113.7"), trust=("*",)) == "6.6.6.6"
+
+
+def test_forwarded_header_for_values_rfc_7239() -> None:
+    fwd = "Forwarded"
+    assert forwarded((fwd, "for=203.0.113.7")) == "203.0.113.7"
+    assert forwarded((fwd, 'For="[2001:db8:cafe::17]:4711"')) == "2001:db8:cafe::17"
+    assert forwarded((fwd, 'for="203.0.113.7:47011";proto=https')) == "203.0.113.7"
+    assert forwarded((fwd, "for=192.0.2.60;proto=http;by=203.0.113.43")) == "192.0.2.60"
+    assert forwarded((fwd, "for=6.6.6.6, for=203.0.113.7")) == "203.0.113.7"
+    assert forwarded((fwd, "for=6.6.6.6"), (fwd, "for=203.0.113.7;proto=https")) == "203.0.113.7"
+    # Obfuscated or unknown: nothing to use, the nearest trusted address.
+    assert forwarded((fwd, "for=_hidden")) == "10.0.0.1"
+    assert forwarded((fwd, "for=unknown")) == "10.0.0.1"
+    # Malformed: the peer.
+    assert forwarded((fwd, "for=[::1]")) == "10.0.0.1"
+    assert forwarded((fwd, 'for="203.0.113.7')) == "10.0.0.1"
+    assert forwarded((fwd, "proto=https")) == "10.0.0.1"
+    # Both headers must agree: a client could have sent the one the proxy does not set.
+    both = (("Forwarded", "for=6.6.6.6"), ("X-Forwarded-For", "203.0.113.7"))
+    assert forwarded(*both) == "10.0.0.1"
+    same = (("Forwarded", "for=203.0.113.7"), ("X-Forwarded-For", "203.0.113.7"))
+    assert forwarded(*same) == "203.0.113.7"
+
+
+def test_forwarded_allow_ips_must_be_addresses_or_networks() -> None:
+    assert Settings(forwarded_allow_ips="127.0.0.1, 10.0.0.0/8").forwarded_allow_ips == (
+        "127.0.0.1",
+        "10.0.0.0/8",
+    )
+    with pytest.raises(ValueError, match=r"proxy\.example"):
+        Settings(forwarded_allow_ips=("proxy.example",))
+
+
+async def test_a_trusted_proxy_forwards_the_client_address(start_server: StartServer) -> None:
+    seen: list[Request] = []
+
+    async def authorize(request: Request) -> bool:
+        seen.append(request)
+        return True
+
+    server, address = await start_server(
+        Server(
+            authorize=authorize,
+            forwarded_allow_ips=("127.0.0.1",),
+            max_connections_per_address=1,
+            root_notices=False,
+        )
+    )
+    ann = await RawClient.connect(address, headers=[("X-Forwarded-For", "203.0.113.7")])
+    assert (seen[0].remote_address, seen[0].peer_address) == ("203.0.113.7", "127.0.0.1")
+    conn = server.connection(ann.id)
+    assert conn is not None and conn.remote_address == "203.0.113.7"
+    # The limit counts each client behind the proxy, not the proxy.
+    bob = await RawClient.connect(address, headers=[("Forwarded", 'for="[2001:db8::1]"')])
+    with pytest.raises(HandshakeRejected) as refused:
+        await RawClient.connect(address, headers=[("X-Forwarded-For", "203.0.113.7")])
+    assert refused.value.status == 429
+    assert server._per_address == {"203.0.113.7": 1, "2001:db8::1": 1}
+    await ann.close()
+    await bob.close()
+    await wait_until(lambda: not server._per_address)
+
+
+async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(
+    start_server: StartServer,
+) -> None:
+    server, address = await start_server(root_notices=False)
+    client = await RawClient.connect(address, headers=[("X-Forwarded-For", "203.0.113.7")])
+    conn = server.connection(client.id)
+    assert conn is not None and conn.remote_address == "127.0.0.1"
+    assert conn.request.peer_address == "127.0.0.1"
+    await client.close()
+
+
+@pytest.mark.native_only
+async def test_a_trusted_proxy_is_not_capped_as_one_client(start_server: StartServer) -> None:
+    """Its sockets are not counted at accept; each forwarded client is, once read."""
+    entered = 0
+    release = trio.Event()
+
+    async def authorize(request: Request) -> bool:
+        nonlocal entered
+        entered += 1
+        await release.wait()
+        return True
+
+    server, address = await start_server(
+        Server(
+            authorize=authorize,
+            forwarded_allow_ips=("127.0.0.1",),
+            max_handshakes_per_address=2,
+            root_notices=False,
+        )
+    )
+    accepted: list[RawClient] = []
+    refused: list[int] = []
+
+    async def one(client: str) -> None:
+        try:
+            accepted.append(await RawClient.connect(address, headers=[("X-Forwarded-For", client)]))
+        except HandshakeRejected as exc:
+            refused.append(exc.status)
+
+    async with trio.open_nursery() as clients:
+        for i in range(4):
+            clients.start_soon(one, f"203.0.113.{i}")
+        clients.start_soon(one, "198.51.100.1")
+        clients.start_soon(one, "198.51.100.1")
+        clients.start_soon(one, "198.51.100.1")
+        await wait_until(lambda: entered + server.metrics.handshakes_rejected[429] >= 7)
+        release.set()
+    assert (len(accepted), refused) == (6, [429])
+    for client in accepted:
+        await client.close()
+    await wait_until(lambda: not server._handshakes and not server._per_address)

@@ -277,6 +277,8 @@ def _non_default(name: str, default: object) -> tuple[str, object]:
         return "drop_oldest", "drop_oldest"
     if name == "allowed_origins":
         return "https://a.example, https://b.example", ("https://a.example", "https://b.example")
+    if name == "forwarded_allow_ips":  # no proxy (None) by default
+        return "10.0.0.1, 192.168.0.0/16", ("10.0.0.1", "192.168.0.0/16")
     assert isinstance(default, str), name
     return "/elsewhere", "/elsewhere"
 

@@ -159,7 +159,7 @@ async def serve_trio_websocket(server: Server, request: trio_websocket.WebSocket
 
     Never raises for a failing connection: errors are logged.
     """
-    trequest = request_from_trio_websocket(request)
+    trequest = server.client_request(request_from_trio_websocket(request))
     address = trequest.remote_address
     # trio-websocket read the request already: the cap bounds how many wait
     # for authorize and the 101 from one address.

@@ -52,7 +52,14 @@ from .extension import (
     resumed_message,
     session_message,
 )
-from .handshake import Reject, Request, RequestError, origin_allowed
+from .handshake import (
+    Reject,
+    Request,
+    RequestError,
+    TrustedProxies,
+    client_address,
+    origin_allowed,
+)
 from .log import BoundedLog
 from .metrics import Metrics
 from .protocol import (
@@ -147,6 +154,7 @@ class Server:
         # Handshakes in progress per client address (see _begin_handshake).
         self._handshakes: Counter[str] = Counter()
         self._admission_log = BoundedLog(logger)
+        self._trusted_proxies = TrustedProxies(settings.forwarded_allow_ips or ())
         self._handshaking = 0
         self._handlers: dict[str, Handler] = {}
         self._hooks: dict[str, list[Callable[..., Awaitable[None]]]] = {h: [] for h in _HOOKS}
@@ -325,7 +333,10 @@ class Server:
         Never raises: every failure is logged and the stream is closed.
         """
         remote = _remote_address(stream)
-        if not await self._begin_handshake(remote, stream):
+        # A trusted proxy carries many clients: each is counted by its
+        # forwarded address once the request is read (see _open).
+        capped = None if remote in self._trusted_proxies else remote
+        if not await self._begin_handshake(capped, stream):
             await close_stream(stream)
             return
         protocol = ServerProtocol(
@@ -340,7 +351,7 @@ class Server:
             try:
                 conn = await self._open(stream, protocol, remote)
             finally:
-                self._end_handshake(remote)
+                self._end_handshake(capped)
             if conn is None:
                 return
             registered = True
@@ -365,13 +376,25 @@ class Server:
         request, deciding (``authorize`` included) and sending the answer.
         """
         request: Request | None = None
+        forwarded_count: str | None = None
         try:
             with trio.move_on_after(self.settings.handshake_timeout) as deadline:
                 ws_request = await _read_request(stream, protocol)
                 if ws_request is None:
                     return None
-                request = Request(ws_request.path, ws_request.headers, remote)
-                response, claims = await self._negotiate(request, ws_request, protocol)
+                request = self.client_request(Request(ws_request.path, ws_request.headers, remote))
+                capped = False
+                if remote in self._trusted_proxies:
+                    capped = not self._count_handshake(request.remote_address)
+                    if not capped:
+                        forwarded_count = request.remote_address
+                if capped:
+                    response = protocol.reject(
+                        429, "Too many handshakes in progress from your address\n"
+                    )
+                    claims = None
+                else:
+                    response, claims = await self._negotiate(request, ws_request, protocol)
                 accepted = response.status_code == 101
                 if not accepted and claims is not _PLAIN_HTTP:
                     self.metrics.handshakes_rejected[response.status_code] += 1
@@ -385,6 +408,7 @@ class Server:
             # slot admit() reserved goes back (a no-op once a Connection has it).
             if request is not None:
                 self.release_admission(request)
+            self._end_handshake(forwarded_count)
         if deadline.cancelled_caught:
             self.metrics.handshakes_rejected[408] += 1
             logger.debug("handshake from %s timed out", remote)
@@ -443,6 +467,21 @@ class Server:
             self.release_admission(request)
             raise Reject(401, "Unauthorized")
         return claims
+
+    def client_request(self, request: Request) -> Request:
+        """``request`` with the client's address, if its peer is a trusted proxy.
+
+        ``remote_address`` becomes the address the proxy forwarded
+        (``settings.forwarded_allow_ips``); ``peer_address`` keeps the proxy's.
+        Engines call this before :meth:`admit`.
+        """
+        peer = request.peer_address
+        if peer not in self._trusted_proxies:
+            return request
+        client = client_address(request.headers, peer, self._trusted_proxies)
+        if client == request.remote_address:
+            return request
+        return attrs.evolve(request, remote_address=client, peer_address=peer)
 
     def release_admission(self, request: Request) -> None:
         """Give back the connection slot :meth:`admit` reserved for ``request``.

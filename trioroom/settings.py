@@ -7,9 +7,12 @@ produces. The command line exposes each one as a flag and as a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import attrs
+
+from .handshake import TrustedProxies
 
 __all__ = ["Settings", "SlowConsumerPolicy"]
 
@@ -19,6 +22,19 @@ SlowConsumerPolicy = Literal["disconnect", "drop_oldest"]
 def _positive(_inst: object, attribute: Any, value: Any) -> None:
     if value is not None and value <= 0:
         raise ValueError(f"setting {attribute.name} must be positive, got {value!r}")
+
+
+def _address_list(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """A tuple from a list, or from a comma-separated string (``"10.0.0.1, 10.0.0.2"``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(part.strip() for part in value if part.strip())
+
+
+def _proxies(_inst: object, _attribute: Any, value: tuple[str, ...] | None) -> None:
+    TrustedProxies(value or ())  # raises ValueError naming a bad entry
 
 
 @attrs.frozen(kw_only=True)
@@ -109,3 +125,12 @@ class Settings:
     )
     #: Accept every Origin (development only).
     allow_all_origins: bool = False
+
+    # Proxies and hosts
+    #: Proxies whose ``X-Forwarded-For`` and ``Forwarded`` headers are
+    #: believed: IP addresses or networks (``10.0.0.0/8``), or ``*`` for any
+    #: peer. The client address they carry is then used for limits, logs and
+    #: ``Request.remote_address``. ``None``: no proxy is trusted.
+    forwarded_allow_ips: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_address_list, validator=_proxies
+    )
