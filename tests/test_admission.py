@@ -18,6 +18,7 @@ from websockets.datastructures import Headers
 
 from trioroom import Reject, Request, Server, Settings
 from trioroom.handshake import TrustedProxies, client_address
+from trioroom.web import WebApp
 
 from .wire import WAIT, HandshakeRejected, RawClient, StartServer, wait_until
 
@@ -361,3 +362,101 @@ async def test_a_trusted_proxy_is_not_capped_as_one_client(start_server: StartSe
     for client in accepted:
         await client.close()
     await wait_until(lambda: not server._handshakes and not server._per_address)
+
+
+# -- item 10: DNS rebinding -------------------------------------------------------------------
+
+
+@pytest.mark.native_only
+async def test_a_loopback_server_refuses_a_host_that_is_not_loopback(
+    start_server: StartServer,
+) -> None:
+    """A page of evil.example whose name resolves to 127.0.0.1 passes the
+    same-host origin check; the Host check stops it, /metrics included."""
+    server = Server(root_notices=False)
+    server.process_request = WebApp(server, demo=False)
+    server, address = await start_server(server)
+    port = address[1]
+    evil = f"evil.example:{port}"
+    origin = f"Origin: http://{evil}"
+    assert await http_exchange(address, upgrade(evil, origin)) == (400, b"Host not allowed\n")
+    assert (await http_exchange(address, ["GET /metrics HTTP/1.1", f"Host: {evil}"]))[0] == 400
+    assert (await http_exchange(address, ["GET /healthz HTTP/1.1", f"Host: {evil}"]))[0] == 400
+    assert (await http_exchange(address, upgrade(None)))[0] == 400
+    assert server.metrics.handshakes_rejected[400] == 4
+    for host in (
+        f"localhost:{port}",
+        "LOCALHOST",
+        f"app.localhost:{port}",
+        f"127.0.0.1:{port}",
+        "127.1.2.3",
+        f"[::1]:{port}",
+        "[::1]",
+    ):
+        assert (await http_exchange(address, upgrade(host)))[0] == 101, host
+    status, _ = await http_exchange(address, ["GET /healthz HTTP/1.1", "Host: localhost"])
+    assert status == 200
+
+
+async def test_a_server_on_every_interface_takes_any_host_by_default(
+    nursery: trio.Nursery,
+) -> None:
+    server = Server(root_notices=False)
+    _, port = await nursery.start(server.serve, "0.0.0.0", 0)
+    assert (await http_exchange(("127.0.0.1", port), upgrade("chat.example.com")))[0] == 101
+
+
+async def test_allowed_hosts_names_the_hosts_served(start_server: StartServer) -> None:
+    server, address = await start_server(
+        allowed_hosts=("chat.example.com", ".example.org", "[2001:db8::1]"), root_notices=False
+    )
+    for host in ("chat.example.com", "CHAT.example.com:443", "example.org", "a.b.example.org",
+                 "[2001:db8::1]:8080", "chat.example.com."):  # fmt: skip
+        assert (await http_exchange(address, upgrade(host)))[0] == 101, host
+    # The list replaces the loopback rule, even on a loopback listener.
+    for host in ("evil.example", "example.com", "xexample.org", "localhost", "2001:db8::1"):
+        assert await http_exchange(address, upgrade(host)) == (400, b"Host not allowed\n"), host
+    assert server.metrics.handshakes_rejected[400] == 5
+    _, address = await start_server(allowed_hosts=("*",))
+    assert (await http_exchange(address, upgrade("evil.example")))[0] == 101
+
+
+# -- item 11: duplicate Origin or Host headers --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        (["Host: localhost", "Host: localhost"], b"Duplicate Host header\n"),
+        (
+            ["Host: localhost", "Origin: http://localhost", "Origin: http://a"],
+            b"Duplicate Origin header\n",
+        ),
+    ],
+)
+@pytest.mark.parametrize("allow_all_origins", [False, True])
+async def test_duplicate_host_or_origin_is_answered_400_and_logged_once(
+    start_server: StartServer,
+    engine: str,
+    caplog: pytest.LogCaptureFixture,
+    headers: list[str],
+    body: bytes,
+    allow_all_origins: bool,
+) -> None:
+    server, address = await start_server(allow_all_origins=allow_all_origins)
+    caplog.set_level(logging.INFO, logger="trioroom")
+    lines = upgrade(None, *headers)
+    if engine == "trio-websocket" and "Host" in body.decode():
+        # h11 refuses it before trio-websocket hands the request to trioroom.
+        assert (await http_exchange(address, lines))[0] == 400
+        return
+    assert await http_exchange(address, lines) == (400, body)
+    assert server.metrics.handshakes_rejected == {400: 1}
+    # trioroom.wire is websockets' own log of each response ("HTTP response sent").
+    records = [r for r in caplog.records if r.name in ("trioroom.server", "trioroom.adapter")]
+    assert len(records) == 1, [r.getMessage() for r in records]
+    assert records[0].exc_info is None
+    assert "duplicate" in records[0].getMessage()
+    # The server carries on.
+    client = await RawClient.connect(address)
+    await client.close()

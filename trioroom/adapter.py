@@ -160,6 +160,13 @@ async def serve_trio_websocket(server: Server, request: trio_websocket.WebSocket
     Never raises for a failing connection: errors are logged.
     """
     trequest = server.client_request(request_from_trio_websocket(request))
+    try:
+        # The listeners are trio-websocket's: only allowed_hosts applies.
+        server._screen(trequest, loopback_only=False)
+    except Reject as exc:
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await _reject(server, request, exc)
+        return
     address = trequest.remote_address
     # trio-websocket read the request already: the cap bounds how many wait
     # for authorize and the 101 from one address.

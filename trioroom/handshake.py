@@ -20,6 +20,7 @@ __all__ = [
     "RequestError",
     "TrustedProxies",
     "client_address",
+    "host_allowed",
     "origin_allowed",
 ]
 
@@ -109,6 +110,58 @@ def origin_allowed(headers: Headers, allowed: tuple[str, ...] | None, allow_all:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return False
     return _same_host(parts.netloc, parts.scheme, host)
+
+
+def host_allowed(host: str | None, allowed: tuple[str, ...] | None, loopback_only: bool) -> bool:
+    """Apply the ``Host`` check that stops DNS rebinding.
+
+    With ``allowed`` (``allowed_hosts``), the host name (without port) must be
+    one of them: an exact name, ``*``, or ``.example.com`` for that domain
+    and every subdomain. Without it, a server that listens only on loopback
+    accepts only loopback hosts (``localhost``, ``*.localhost``, 127.0.0.0/8,
+    ``[::1]``), and any other server every host.
+    """
+    if allowed is None and not loopback_only:
+        return True
+    name = _host_name(host) if host is not None else None
+    if name is None:
+        return False
+    if allowed is None:
+        return _is_loopback(name)
+    for entry in allowed:
+        entry = entry.lower()
+        if entry == "*" or name == entry:
+            return True
+        if entry.startswith(".") and (name == entry[1:] or name.endswith(entry)):
+            return True
+    return False
+
+
+def _host_name(host: str) -> str | None:
+    """The lower-case name of a ``Host`` value, port removed; IPv6 keeps its brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, sep, rest = host.partition("]")
+        name += sep
+        port = rest[1:] if rest.startswith(":") else rest
+        if not sep or (rest and not (rest.startswith(":") and port.isdigit())):
+            return None
+    else:
+        name, sep, port = host.partition(":")
+        if sep and not port.isdigit():
+            return None
+        # "localhost." names the same host as "localhost".
+        name = name.removesuffix(".")
+    return name or None
+
+
+def _is_loopback(name: str) -> bool:
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _same_host(origin_netloc: str, scheme: str, host: str) -> bool:

@@ -21,12 +21,14 @@ to the real sender.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -58,6 +60,7 @@ from .handshake import (
     RequestError,
     TrustedProxies,
     client_address,
+    host_allowed,
     origin_allowed,
 )
 from .log import BoundedLog
@@ -260,8 +263,10 @@ class Server:
                 await self._ensure_backplane(nursery)
                 accept_scope = trio.CancelScope()
                 self._accept_scopes.add(accept_scope)
-                nursery.start_soon(self._accept, listeners, nursery, accept_scope)
-                task_status.started([_listener_address(lis) for lis in listeners])
+                addresses = [_listener_address(lis) for lis in listeners]
+                loopback_only = all(_is_loopback(address) for address in addresses)
+                nursery.start_soon(self._accept, listeners, nursery, accept_scope, loopback_only)
+                task_status.started(addresses)
         finally:
             if serve_scope is not None:
                 self._serve_scopes.discard(serve_scope)
@@ -271,12 +276,12 @@ class Server:
         listeners: Sequence[trio.abc.Listener[Any]],
         nursery: trio.Nursery,
         scope: trio.CancelScope,
+        loopback_only: bool,
     ) -> None:
+        handler = partial(self.handle_stream, loopback_only=loopback_only)
         try:
             with scope:
-                await trio.serve_listeners(
-                    self.handle_stream, list(listeners), handler_nursery=nursery
-                )
+                await trio.serve_listeners(handler, list(listeners), handler_nursery=nursery)
         finally:
             self._accept_scopes.discard(scope)
             with trio.CancelScope(shield=True):
@@ -327,8 +332,15 @@ class Server:
 
     # -- one connection --------------------------------------------------------
 
-    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+    async def handle_stream(self, stream: trio.abc.Stream, *, loopback_only: bool = False) -> None:
         """Serve one client on an accepted byte stream (TCP, TLS or in-memory).
+
+        ``loopback_only`` says the stream came from listeners bound only to
+        loopback addresses: then, unless ``allowed_hosts`` is set, only
+        loopback ``Host`` names are accepted (against DNS rebinding).
+        :meth:`serve` and :meth:`serve_listeners` pass it; a stream handed
+        over directly has no listener to judge by, so only ``allowed_hosts``
+        applies to it.
 
         Never raises: every failure is logged and the stream is closed.
         """
@@ -349,7 +361,7 @@ class Server:
         registered = False
         try:
             try:
-                conn = await self._open(stream, protocol, remote)
+                conn = await self._open(stream, protocol, remote, loopback_only)
             finally:
                 self._end_handshake(capped)
             if conn is None:
@@ -368,7 +380,11 @@ class Server:
                     await close_stream(stream)
 
     async def _open(
-        self, stream: trio.abc.Stream, protocol: ServerProtocol, remote: str | None
+        self,
+        stream: trio.abc.Stream,
+        protocol: ServerProtocol,
+        remote: str | None,
+        loopback_only: bool = False,
     ) -> Connection | None:
         """The opening handshake: a Connection once the 101 is sent, else ``None``.
 
@@ -394,7 +410,9 @@ class Server:
                     )
                     claims = None
                 else:
-                    response, claims = await self._negotiate(request, ws_request, protocol)
+                    response, claims = await self._negotiate(
+                        request, ws_request, protocol, loopback_only
+                    )
                 accepted = response.status_code == 101
                 if not accepted and claims is not _PLAIN_HTTP:
                     self.metrics.handshakes_rejected[response.status_code] += 1
@@ -415,8 +433,17 @@ class Server:
         return None
 
     async def _negotiate(
-        self, request: Request, ws_request: WsRequest, protocol: ServerProtocol
+        self,
+        request: Request,
+        ws_request: WsRequest,
+        protocol: ServerProtocol,
+        loopback_only: bool = False,
     ) -> tuple[Response, Any]:
+        try:
+            # Before process_request: /metrics and /healthz need it too.
+            self._screen(request, loopback_only)
+        except Reject as exc:
+            return protocol.reject(exc.status, exc.body + "\n"), None
         if self.process_request is not None:
             response = await self.process_request(request)
             if response is not None:
@@ -467,6 +494,35 @@ class Server:
             self.release_admission(request)
             raise Reject(401, "Unauthorized")
         return claims
+
+    def _screen(self, request: Request, loopback_only: bool) -> None:
+        """Refuse (400) duplicate ``Host`` or ``Origin`` headers and a ``Host`` not allowed.
+
+        Runs before anything else reads the request. A duplicate header is
+        ambiguous (which one did the origin policy see?), and reading one
+        with ``headers[name]`` raises.
+        """
+        headers = request.headers
+        for name in ("Host", "Origin"):
+            if len(headers.get_all(name)) > 1:
+                self._admission_log.log(
+                    logging.INFO,
+                    "duplicate",
+                    "refused a request from %s: duplicate %s header",
+                    request.remote_address,
+                    name,
+                )
+                raise Reject(400, f"Duplicate {name} header")
+        host = headers.get("Host")
+        if not host_allowed(host, self.settings.allowed_hosts, loopback_only):
+            self._admission_log.log(
+                logging.INFO,
+                "host",
+                "refused a request from %s: Host %r not allowed",
+                request.remote_address,
+                host,
+            )
+            raise Reject(400, "Host not allowed")
 
     def client_request(self, request: Request) -> Request:
         """``request`` with the client's address, if its peer is a trusted proxy.
@@ -1262,6 +1318,14 @@ def _remote_address(stream: trio.abc.Stream) -> str | None:
                 return None
         inner = getattr(inner, "transport_stream", None)
     return None
+
+
+def _is_loopback(address: Any) -> bool:
+    """Whether a listener's socket address is a loopback one (a Unix socket is not)."""
+    try:
+        return isinstance(address, tuple) and ipaddress.ip_address(address[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _listener_address(listener: trio.abc.Listener[Any]) -> Any:

@@ -134,3 +134,9 @@ class Settings:
     forwarded_allow_ips: tuple[str, ...] | None = attrs.field(
         default=None, converter=_address_list, validator=_proxies
     )
+    #: Host names this server answers to (``Host`` header, port ignored):
+    #: exact names, ``.example.com`` for a domain and its subdomains, or
+    #: ``*``; other hosts get 400. ``None``: a server listening only on
+    #: loopback accepts only loopback hosts (against DNS rebinding), others
+    #: any host.
+    allowed_hosts: tuple[str, ...] | None = attrs.field(default=None, converter=_address_list)
