@@ -464,6 +464,11 @@ class Server:
         limits (503, 429) and ``authorize`` (401 unless it chose another
         status). Raises :class:`~trioroom.Reject` to refuse. Every engine
         (native, trio-websocket adapter) admits through here.
+
+        The request's slot in ``max_connections_per_address`` is reserved
+        before ``authorize`` runs and given back if admission fails. Once this
+        returns, pass the request to :meth:`handle_transport` (whose
+        connection then holds the slot) or call :meth:`release_admission`.
         """
         settings = self.settings
         if not origin_allowed(
