@@ -290,6 +290,10 @@ def _non_default(name: str, default: object) -> tuple[str, object]:
         return "drop", "drop"
     if name == "allowed_origins":
         return "https://a.example, https://b.example", ("https://a.example", "https://b.example")
+    if name == "forwarded_allow_ips":  # no proxy (None) by default
+        return "10.0.0.1, 192.168.0.0/16", ("10.0.0.1", "192.168.0.0/16")
+    if name == "allowed_hosts":  # None: loopback names on a loopback server
+        return "chat.example.com, .example.org", ("chat.example.com", ".example.org")
     assert isinstance(default, str), name
     return "/elsewhere", "/elsewhere"
 

@@ -450,7 +450,7 @@ async def test_tls_through_ssl_listener(nursery: trio.Nursery) -> None:
 async def test_plain_http_request_to_ws_path_is_refused(start_server: StartServer) -> None:
     _, address = await start_server()
     stream = await trio.open_tcp_stream(*address)
-    await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+    await stream.send_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n")
     reply = await stream.receive_some(4096)
     assert reply.startswith(b"HTTP/1.1 426")
 

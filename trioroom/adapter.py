@@ -22,6 +22,7 @@ frames a broadcast once for all recipients).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -158,24 +159,34 @@ async def serve_trio_websocket(server: Server, request: trio_websocket.WebSocket
 
     Never raises for a failing connection: errors are logged.
     """
-    trequest = request_from_trio_websocket(request)
+    trequest = server.client_request(request_from_trio_websocket(request))
+    try:
+        # The listeners are trio-websocket's: only allowed_hosts applies.
+        server._screen(trequest, loopback_only=False)
+    except Reject as exc:
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await _reject(server, request, exc)
+        return
+    address = trequest.remote_address
+    # trio-websocket read the request already: the cap bounds how many wait
+    # for authorize and the 101 from one address.
+    if not server._count_handshake(address):
+        refusal = Reject(429, "Too many handshakes in progress from your address")
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await _reject(server, request, refusal)
+        return
     # Count the connection while it is admitted, as the native engine does, so
     # that concurrent handshakes cannot exceed max_connections.
     server._handshaking += 1
     counted = True
     try:
-        try:
-            claims = await server.admit(trequest)
-        except Reject as exc:
-            server.metrics.handshakes_rejected[exc.status] += 1
-            with trio.move_on_after(server.settings.handshake_timeout):
-                await request.reject(
-                    exc.status,
-                    extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
-                    body=(exc.body + "\n").encode(),
-                )
-            return
+        # One deadline for admission (authorize included) and the 101.
         with trio.move_on_after(server.settings.handshake_timeout) as deadline:
+            try:
+                claims = await server.admit(trequest)
+            except Reject as exc:
+                await _reject(server, request, exc)
+                return
             # Offer the trioroom.v1 extension to clients that ask for it.
             proposed = request.proposed_subprotocols
             subprotocol = SUBPROTOCOL if SUBPROTOCOL in proposed else None
@@ -186,6 +197,8 @@ async def serve_trio_websocket(server: Server, request: trio_websocket.WebSocket
         transport = TrioWebsocketTransport(ws, server.settings.max_message_size)
         server._handshaking -= 1
         counted = False
+        server._end_handshake(address)
+        address = None
         await server.handle_transport(transport, trequest, claims, extended=subprotocol is not None)
     except trio_websocket.ConnectionClosed:
         logger.debug("client %s went away during the handshake", trequest.remote_address)
@@ -194,3 +207,16 @@ async def serve_trio_websocket(server: Server, request: trio_websocket.WebSocket
     finally:
         if counted:
             server._handshaking -= 1
+        server._end_handshake(address)
+        # A no-op once handle_transport's connection holds the slot.
+        server.release_admission(trequest)
+
+
+async def _reject(server: Server, request: trio_websocket.WebSocketRequest, exc: Reject) -> None:
+    server.metrics.handshakes_rejected[exc.status] += 1
+    with trio.move_on_after(server.settings.handshake_timeout):
+        await request.reject(
+            exc.status,
+            extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],
+            body=(exc.body + "\n").encode(),
+        )

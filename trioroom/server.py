@@ -21,6 +21,7 @@ to the real sender.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import secrets
@@ -28,6 +29,7 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import attrs
@@ -53,7 +55,15 @@ from .extension import (
     resumed_message,
     session_message,
 )
-from .handshake import Reject, Request, RequestError, origin_allowed
+from .handshake import (
+    Reject,
+    Request,
+    RequestError,
+    TrustedProxies,
+    client_address,
+    host_allowed,
+    origin_allowed,
+)
 from .log import BoundedLog
 from .metrics import Metrics, close_code_label
 from .protocol import (
@@ -145,7 +155,15 @@ class Server:
         self._rooms: RoomRegistry[Connection] = RoomRegistry()
         self._budget = Budget(settings.max_buffered_bytes)
         self._connections: dict[str, Connection] = {}
+        # Connection slots per client address, taken at admission (before
+        # authorize) and held until the connection is gone.
         self._per_address: Counter[str] = Counter()
+        # Admitted requests whose slot no Connection holds yet.
+        self._reserved: dict[Request, str] = {}
+        # Handshakes in progress per client address (see _begin_handshake).
+        self._handshakes: Counter[str] = Counter()
+        self._admission_log = BoundedLog(logger)
+        self._trusted_proxies = TrustedProxies(settings.forwarded_allow_ips or ())
         self._handshaking = 0
         self._handlers: dict[str, Handler] = {}
         self._hooks: dict[str, list[Callable[..., Awaitable[None]]]] = {h: [] for h in _HOOKS}
@@ -271,8 +289,10 @@ class Server:
                 await self._ensure_backplane(nursery)
                 accept_scope = trio.CancelScope()
                 self._accept_scopes.add(accept_scope)
-                nursery.start_soon(self._accept, listeners, nursery, accept_scope)
-                task_status.started([_listener_address(lis) for lis in listeners])
+                addresses = [_listener_address(lis) for lis in listeners]
+                loopback_only = all(_is_loopback(address) for address in addresses)
+                nursery.start_soon(self._accept, listeners, nursery, accept_scope, loopback_only)
+                task_status.started(addresses)
         finally:
             if serve_scope is not None:
                 self._serve_scopes.discard(serve_scope)
@@ -282,12 +302,12 @@ class Server:
         listeners: Sequence[trio.abc.Listener[Any]],
         nursery: trio.Nursery,
         scope: trio.CancelScope,
+        loopback_only: bool,
     ) -> None:
+        handler = partial(self.handle_stream, loopback_only=loopback_only)
         try:
             with scope:
-                await trio.serve_listeners(
-                    self.handle_stream, list(listeners), handler_nursery=nursery
-                )
+                await trio.serve_listeners(handler, list(listeners), handler_nursery=nursery)
         finally:
             self._accept_scopes.discard(scope)
             with trio.CancelScope(shield=True):
@@ -338,12 +358,25 @@ class Server:
 
     # -- one connection --------------------------------------------------------
 
-    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+    async def handle_stream(self, stream: trio.abc.Stream, *, loopback_only: bool = False) -> None:
         """Serve one client on an accepted byte stream (TCP, TLS or in-memory).
+
+        ``loopback_only`` says the stream came from listeners bound only to
+        loopback addresses: then, unless ``allowed_hosts`` is set, only
+        loopback ``Host`` names are accepted (against DNS rebinding).
+        :meth:`serve` and :meth:`serve_listeners` pass it; a stream handed
+        over directly has no listener to judge by, so only ``allowed_hosts``
+        applies to it.
 
         Never raises: every failure is logged and the stream is closed.
         """
         remote = _remote_address(stream)
+        # A trusted proxy carries many clients: each is counted by its
+        # forwarded address once the request is read (see _open).
+        capped = None if remote in self._trusted_proxies else remote
+        if not await self._begin_handshake(capped, stream):
+            await close_stream(stream)
+            return
         protocol = ServerProtocol(
             max_size=self.settings.max_message_size,
             logger=wire_logger,
@@ -353,7 +386,10 @@ class Server:
         self._handshaking += 1
         registered = False
         try:
-            conn = await self._open(stream, protocol, remote)
+            try:
+                conn = await self._open(stream, protocol, remote, loopback_only)
+            finally:
+                self._end_handshake(capped)
             if conn is None:
                 return
             registered = True
@@ -376,38 +412,70 @@ class Server:
                     await close_stream(stream)
 
     async def _open(
-        self, stream: trio.abc.Stream, protocol: ServerProtocol, remote: str | None
+        self,
+        stream: trio.abc.Stream,
+        protocol: ServerProtocol,
+        remote: str | None,
+        loopback_only: bool = False,
     ) -> Connection | None:
         """The opening handshake: a Connection once the 101 is sent, else ``None``.
 
         One deadline, ``handshake_timeout``, covers all of it: reading the
         request, deciding (``authorize`` included) and sending the answer.
         """
-        with trio.move_on_after(self.settings.handshake_timeout) as deadline:
-            ws_request = await _read_request(stream, protocol)
-            if ws_request is None:
-                return None
-            request = Request(ws_request.path, ws_request.headers, remote)
-            response, claims = await self._negotiate(request, ws_request, protocol)
-            accepted = response.status_code == 101
-            if not accepted and claims is not _PLAIN_HTTP:
-                self.metrics.handshakes_rejected[response.status_code] += 1
-            protocol.send_response(response)
-            await stream.send_all(b"".join(protocol.data_to_send()))
-            if not accepted:
-                return None
-            conn = Connection(self, str(uuid.uuid4()), request, claims)
-            if remote is not None:
-                self._per_address[remote] += 1
-            return conn
+        request: Request | None = None
+        forwarded_count: str | None = None
+        try:
+            with trio.move_on_after(self.settings.handshake_timeout) as deadline:
+                ws_request = await _read_request(stream, protocol)
+                if ws_request is None:
+                    return None
+                request = self.client_request(Request(ws_request.path, ws_request.headers, remote))
+                capped = False
+                if remote in self._trusted_proxies:
+                    capped = not self._count_handshake(request.remote_address)
+                    if not capped:
+                        forwarded_count = request.remote_address
+                if capped:
+                    response = protocol.reject(
+                        429, "Too many handshakes in progress from your address\n"
+                    )
+                    claims = None
+                else:
+                    response, claims = await self._negotiate(
+                        request, ws_request, protocol, loopback_only
+                    )
+                accepted = response.status_code == 101
+                if not accepted and claims is not _PLAIN_HTTP:
+                    self.metrics.handshakes_rejected[response.status_code] += 1
+                protocol.send_response(response)
+                await stream.send_all(b"".join(protocol.data_to_send()))
+                if not accepted:
+                    return None
+                return self._new_connection(request, claims)
+        finally:
+            # Refused, timed out, cancelled or failed after admission: the
+            # slot admit() reserved goes back (a no-op once a Connection has it).
+            if request is not None:
+                self.release_admission(request)
+            self._end_handshake(forwarded_count)
         if deadline.cancelled_caught:
             self.metrics.handshakes_rejected[408] += 1
             logger.debug("handshake from %s timed out", remote)
         return None
 
     async def _negotiate(
-        self, request: Request, ws_request: WsRequest, protocol: ServerProtocol
+        self,
+        request: Request,
+        ws_request: WsRequest,
+        protocol: ServerProtocol,
+        loopback_only: bool = False,
     ) -> tuple[Response, Any]:
+        try:
+            # Before process_request: /metrics and /healthz need it too.
+            self._screen(request, loopback_only)
+        except Reject as exc:
+            return protocol.reject(exc.status, exc.body + "\n"), None
         if self.process_request is not None:
             response = await self.process_request(request)
             if response is not None:
@@ -428,6 +496,11 @@ class Server:
         limits (503, 429) and ``authorize`` (401 unless it chose another
         status). Raises :class:`~trioroom.Reject` to refuse. Every engine
         (native, trio-websocket adapter) admits through here.
+
+        The request's slot in ``max_connections_per_address`` is reserved
+        before ``authorize`` runs and given back if admission fails. Once this
+        returns, pass the request to :meth:`handle_transport` (whose
+        connection then holds the slot) or call :meth:`release_admission`.
         """
         settings = self.settings
         if not origin_allowed(
@@ -440,14 +513,132 @@ class Server:
         if len(self._connections) + self._handshaking > settings.max_connections:
             raise Reject(503, "Too many connections")
         remote = request.remote_address
-        if remote is not None and self._per_address[remote] >= settings.max_connections_per_address:
-            raise Reject(429, "Too many connections from your address")
+        if remote is not None:
+            if self._per_address[remote] >= settings.max_connections_per_address:
+                raise Reject(429, "Too many connections from your address")
+            # Reserved now, not after authorize and the 101: requests racing
+            # through a slow authorize would each see the old count.
+            self._per_address[remote] += 1
+            self._reserved[request] = remote
         if self.authorize is None:
             return None
-        claims = await self.authorize(request)
+        try:
+            claims = await self.authorize(request)
+        except BaseException:
+            self.release_admission(request)
+            raise
         if claims is None or claims is False:
+            self.release_admission(request)
             raise Reject(401, "Unauthorized")
         return claims
+
+    def _screen(self, request: Request, loopback_only: bool) -> None:
+        """Refuse (400) duplicate ``Host`` or ``Origin`` headers and a ``Host`` not allowed.
+
+        Runs before anything else reads the request. A duplicate header is
+        ambiguous (which one did the origin policy see?), and reading one
+        with ``headers[name]`` raises.
+        """
+        headers = request.headers
+        for name in ("Host", "Origin"):
+            if len(headers.get_all(name)) > 1:
+                self._admission_log.log(
+                    logging.INFO,
+                    "duplicate",
+                    "refused a request from %s: duplicate %s header",
+                    request.remote_address,
+                    name,
+                )
+                raise Reject(400, f"Duplicate {name} header")
+        host = headers.get("Host")
+        if not host_allowed(host, self.settings.allowed_hosts, loopback_only):
+            self._admission_log.log(
+                logging.INFO,
+                "host",
+                "refused a request from %s: Host %r not allowed",
+                request.remote_address,
+                host,
+            )
+            raise Reject(400, "Host not allowed")
+
+    def client_request(self, request: Request) -> Request:
+        """``request`` with the client's address, if its peer is a trusted proxy.
+
+        ``remote_address`` becomes the address the proxy forwarded
+        (``settings.forwarded_allow_ips``); ``peer_address`` keeps the proxy's.
+        Engines call this before :meth:`admit`.
+        """
+        peer = request.peer_address
+        if peer not in self._trusted_proxies:
+            return request
+        client = client_address(request.headers, peer, self._trusted_proxies)
+        if client == request.remote_address:
+            return request
+        return attrs.evolve(request, remote_address=client, peer_address=peer)
+
+    def release_admission(self, request: Request) -> None:
+        """Give back the connection slot :meth:`admit` reserved for ``request``.
+
+        An engine calls this when an admitted request does not become a
+        connection (the upgrade failed, timed out or was cancelled); once
+        :meth:`handle_transport` has the request, the connection holds the
+        slot until it closes. Calling it again, or for a request that holds no
+        slot, does nothing.
+        """
+        remote = self._reserved.pop(request, None)
+        if remote is not None:
+            self._release_address(remote)
+
+    def _new_connection(self, request: Request, claims: Any) -> Connection:
+        """A Connection that takes over the slot reserved for its request."""
+        if request not in self._reserved and request.remote_address is not None:
+            # Admitted elsewhere, not through admit(): take the slot now.
+            self._per_address[request.remote_address] += 1
+        self._reserved.pop(request, None)
+        return Connection(self, str(uuid.uuid4()), request, claims)
+
+    def _count_handshake(self, address: str | None) -> bool:
+        """Count a handshake in progress from ``address``; ``False`` over the cap.
+
+        Idle sockets from one address would otherwise hold the server's
+        handshake capacity (each counts against ``max_connections``) until
+        ``handshake_timeout``, locking everyone else out.
+        """
+        if address is None:
+            return True
+        limit = self.settings.max_handshakes_per_address
+        if self._handshakes[address] >= limit:
+            self._admission_log.log(
+                logging.WARNING,
+                "handshakes",
+                "refused a handshake from %s: %d already in progress from that address",
+                address,
+                limit,
+            )
+            return False
+        self._handshakes[address] += 1
+        return True
+
+    async def _begin_handshake(self, address: str | None, stream: trio.abc.Stream) -> bool:
+        """:meth:`_count_handshake` at accept; over the cap, answer 429 unread."""
+        if self._count_handshake(address):
+            return True
+        self.metrics.handshakes_rejected[429] += 1
+        response = ServerProtocol(logger=wire_logger).reject(
+            429, "Too many handshakes in progress from your address\n"
+        )
+        with trio.move_on_after(1):
+            try:
+                await stream.send_all(response.serialize())
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        return False
+
+    def _end_handshake(self, address: str | None) -> None:
+        if address is not None:
+            self._handshakes[address] -= 1
+            if self._handshakes[address] <= 0:
+                del self._handshakes[address]
 
     async def _start(self, conn: Connection, transport: Transport) -> None:
         """Serve a new connection, or resume the session its request names."""
@@ -599,10 +790,8 @@ class Server:
         ``extended`` says the handshake selected the ``trioroom.v1`` subprotocol.
         """
         self._handshaking += 1
-        conn = Connection(self, str(uuid.uuid4()), request, claims)
+        conn = self._new_connection(request, claims)
         conn.extended = extended
-        if request.remote_address is not None:
-            self._per_address[request.remote_address] += 1
         await self._start(conn, transport)
 
     def _record_close(self, conn: Connection) -> None:
@@ -1245,6 +1434,14 @@ def _remote_address(stream: trio.abc.Stream) -> str | None:
                 return None
         inner = getattr(inner, "transport_stream", None)
     return None
+
+
+def _is_loopback(address: Any) -> bool:
+    """Whether a listener's socket address is a loopback one (a Unix socket is not)."""
+    try:
+        return isinstance(address, tuple) and ipaddress.ip_address(address[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _listener_address(listener: trio.abc.Listener[Any]) -> Any:

@@ -7,9 +7,12 @@ produces. The command line exposes each one as a flag and as a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import attrs
+
+from .handshake import TrustedProxies
 
 __all__ = ["RateLimitPolicy", "Settings", "SlowConsumerPolicy"]
 
@@ -25,6 +28,19 @@ def _positive(_inst: object, attribute: Any, value: Any) -> None:
 def _not_negative(_inst: object, attribute: Any, value: Any) -> None:
     if value is not None and value < 0:
         raise ValueError(f"setting {attribute.name} must not be negative, got {value!r}")
+
+
+def _address_list(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """A tuple from a list, or from a comma-separated string (``"10.0.0.1, 10.0.0.2"``)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(part.strip() for part in value if part.strip())
+
+
+def _proxies(_inst: object, _attribute: Any, value: tuple[str, ...] | None) -> None:
+    TrustedProxies(value or ())  # raises ValueError naming a bad entry
 
 
 @attrs.frozen(kw_only=True)
@@ -90,6 +106,10 @@ class Settings:
     max_connections: int = attrs.field(default=100_000, validator=_positive)
     #: Connections at once from one client IP address.
     max_connections_per_address: int = attrs.field(default=1024, validator=_positive)
+    #: WebSocket handshakes in progress at once from one client address;
+    #: more are answered 429 at once. Keeps idle sockets from one address
+    #: from holding the server's handshake capacity until handshake_timeout.
+    max_handshakes_per_address: int = attrs.field(default=64, validator=_positive)
     #: Sustained inbound messages per second per connection (token bucket);
     #: ``None`` or 0 (the default) turns rate limiting off, as in the wsrooms
     #: servers: a limit drops or refuses well-formed messages, so only the
@@ -142,3 +162,18 @@ class Settings:
     #: it answers 200 with ``"status": "degraded"``: one Redis outage would
     #: otherwise take every node out of the load balancer at once.
     health_requires_backplane: bool = False
+
+    # Proxies and hosts
+    #: Proxies whose ``X-Forwarded-For`` and ``Forwarded`` headers are
+    #: believed: IP addresses or networks (``10.0.0.0/8``), or ``*`` for any
+    #: peer. The client address they carry is then used for limits, logs and
+    #: ``Request.remote_address``. ``None``: no proxy is trusted.
+    forwarded_allow_ips: tuple[str, ...] | None = attrs.field(
+        default=None, converter=_address_list, validator=_proxies
+    )
+    #: Host names this server answers to (``Host`` header, port ignored):
+    #: exact names, ``.example.com`` for a domain and its subdomains, or
+    #: ``*``; other hosts get 400. ``None``: a server listening only on
+    #: loopback accepts only loopback hosts (against DNS rebinding), others
+    #: any host.
+    allowed_hosts: tuple[str, ...] | None = attrs.field(default=None, converter=_address_list)
