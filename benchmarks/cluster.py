@@ -195,8 +195,8 @@ class Redis:
 
 def start_server(workers: int, redis: Redis | None, tag: str) -> tuple[subprocess.Popen[str], int]:
     command = [sys.executable, "-m", "trioroom", "serve", "--port", "0", "--log-level"]
-    command += ["error", "--no-root-notices", "--rate-limit", "1000000000"]
-    command += ["--rate-burst", "1000000000", "--max-connections-per-address", "1000000"]
+    command += ["error", "--no-root-notices", "--max-handshakes-per-address", "1000000"]
+    command += ["--max-connections-per-address", "1000000"]
     if redis is not None:
         command += ["--redis", redis.url, "--redis-prefix", tag]
     if workers > 1:

@@ -61,7 +61,10 @@ def where(trace: tracemalloc.Traceback) -> str:
 
 async def profile(count: int, top: int) -> None:
     server = trioroom.Server(
-        root_notices=False, root_member_list_limit=1, max_connections_per_address=10**9
+        root_notices=False,
+        root_member_list_limit=1,
+        max_connections_per_address=10**9,
+        max_handshakes_per_address=10**9,
     )
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(server.serve, HOST, 0)

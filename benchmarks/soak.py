@@ -74,6 +74,8 @@ async def start_server(extra: list[str], log: Any) -> tuple[trio.Process, str]:
             "warning",
             "--max-connections-per-address",
             "1000000",
+            "--max-handshakes-per-address",
+            "1000000",
             "--rate-limit",
             "1000",
             *extra,
