@@ -67,6 +67,12 @@ class TrioWebsocketTransport:
         self.peer_close: tuple[int, str] | None = None
         #: The close this side sent after a protocol error (1009), if any.
         self.protocol_error: tuple[int, str] | None = None
+        # trio-websocket answers pings itself: a flood is its business.
+        self.flooded = False
+        #: No direct path: every frame goes through the writer and
+        #: trio-websocket's own send.
+        self.direct = False
+        self.unsent = 0
 
     def attach(self, wake_writer: Callable[[], None]) -> None:
         # trio-websocket writes control frames itself: nothing to wake for.
@@ -92,6 +98,17 @@ class TrioWebsocketTransport:
             )
             return None
         return data
+
+    def next_buffered(self) -> bytes | None:
+        # trio-websocket hands over one message per call.
+        return None
+
+    def send_now(self, data: bytes) -> bool:
+        raise RuntimeError("trio-websocket has no direct path; check .direct first")
+
+    async def abort(self) -> None:
+        """Drop the connection without a closing handshake."""
+        await trio.aclose_forcefully(self._ws)
 
     async def write(self, frames: list[bytes]) -> None:
         ws = self._ws

@@ -17,6 +17,15 @@ which never blocks: frames from any sender reach a recipient in the order
 they were queued, and a full queue triggers the slow-consumer policy instead
 of delaying the sender.
 
+On a plain socket (``Transport.direct``) a frame usually skips the queue: when
+the queue is empty and the writer is not writing, the delivering task writes
+it itself (``Transport.send_now``), so a delivery costs no task wake-up and no
+trip through the scheduler. Only what the kernel does not take goes to the
+writer, which then owns the socket until it has written everything. While a
+reader handles several messages from one read, an :class:`OutboundBatch`
+gathers each recipient's frames and writes them with one system call at the
+end ("corking").
+
 The transports (the native sans-I/O engine in :mod:`trioroom.transport`, the
 trio-websocket adapter) only move bytes; this module holds the policy.
 """
@@ -40,7 +49,7 @@ from .wsframe import binary_frame
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["CloseCode", "Connection", "Transport"]
+__all__ = ["CloseCode", "Connection", "OutboundBatch", "Transport"]
 
 logger = logging.getLogger("trioroom.connection")
 _WRITER = "trioroom.Connection._writer"
@@ -67,16 +76,45 @@ class CloseCode:
 
 
 class Transport(Protocol):
-    """What a connection needs from a WebSocket implementation."""
+    """What a connection needs from a WebSocket implementation.
+
+    Only the connection's reader calls :meth:`receive` and
+    :meth:`next_buffered`, and only its writer calls :meth:`write`;
+    :meth:`send_now` may be called by any task, but only while the writer has
+    nothing to write (see ``Connection._deliver``).
+    """
 
     #: ``(code, reason)`` of the close frame the peer sent, once it did.
     peer_close: tuple[int, str] | None
+    #: Set when the peer sent pings faster than allowed; the reader then ends.
+    flooded: bool
+    #: True when :meth:`send_now` can write without the writer (a plain socket).
+    direct: bool
+
+    @property
+    def protocol_error(self) -> tuple[int, str] | None:
+        """The close sent after the peer broke the protocol (1002, 1009), if any."""
+
+    @property
+    def unsent(self) -> int:
+        """Bytes :meth:`send_now` left for the writer to write first."""
 
     def attach(self, wake_writer: Any) -> None:
         """Give the transport a callable that wakes the writer task."""
 
     async def receive(self) -> bytes | None:
         """The next complete message, or ``None`` once the peer is gone."""
+
+    def next_buffered(self) -> bytes | None:
+        """A message already read with the previous one, without waiting, or ``None``."""
+
+    def send_now(self, data: bytes) -> bool:
+        """Write without waiting (direct transports only); ``False`` if bytes are left.
+
+        What is left is written by the next :meth:`write` or :meth:`close`,
+        before anything else. Raises ``trio.BrokenResourceError`` when the
+        peer is gone.
+        """
 
     async def write(self, frames: list[bytes]) -> None:
         """Write WebSocket binary frames (and any pending control frames)."""
@@ -86,6 +124,37 @@ class Transport(Protocol):
 
     async def close(self, code: int, reason: str, pending: list[bytes]) -> None:
         """Write ``pending`` frames, then close with ``code``; wait for the peer."""
+
+    async def abort(self) -> None:
+        """Drop the connection without a closing handshake."""
+
+
+class OutboundBatch:
+    """Corks direct writes while one task handles several messages in a row.
+
+    While :attr:`active`, a frame for a connection that could be written at
+    once is held back (``Connection._cork``) and the connection listed here;
+    :meth:`flush` then writes each listed connection's frames with one system
+    call. A task must flush before it can yield (before any ``await`` that
+    may schedule another task): other tasks then never see a batch in
+    progress, and a frame is never held longer than the synchronous run of
+    work that produced it.
+    """
+
+    __slots__ = ("active", "corked")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.corked: list[Connection] = []
+
+    def flush(self) -> None:
+        """End the batch: write every corked connection's frames."""
+        self.active = False
+        corked = self.corked
+        if corked:
+            self.corked = []
+            for conn in corked:
+                conn._flush_cork()
 
 
 class Connection:
@@ -102,10 +171,13 @@ class Connection:
     # in the per-connection memory. Application state goes in ``data``.
     __slots__ = (
         "__weakref__",
+        "_batch",
         "_budget",
         "_cancel_scope",
         "_closed",
+        "_cork",
         "_data",
+        "_direct",
         "_drop_oldest",
         "_ended",
         "_graceful",
@@ -157,6 +229,12 @@ class Connection:
         # Shared by every connection of the server: queued, in-flight and
         # replay bytes all count against it.
         self._budget = server._budget
+        # The direct path (see the module docstring): the transport while
+        # its socket is served and can be written directly, else None.
+        self._direct: Transport | None = None
+        self._batch: OutboundBatch = server._batch
+        # Frames held back by an active batch, written when it flushes.
+        self._cork: list[bytes] | None = None
         self._cancel_scope: trio.CancelScope | None = None
         #: Set when the connection is closing: (code, reason, why).
         self.close_code: int | None = None
@@ -304,9 +382,82 @@ class Connection:
             self._cancel_scope.cancel()
 
     def _deliver(self, frame: bytes) -> bool:
-        """Queue one encoded frame without blocking; apply the slow-consumer policy."""
+        """Write or queue one encoded frame without blocking.
+
+        Written at once (or corked) when the direct path is free, else queued
+        under the slow-consumer policy.
+        """
         if (self.close_code is not None and not self._may_resume) or self._ended:
             return False
+        cork = self._cork
+        if cork is not None:
+            # Frames corked earlier in this batch go first.
+            cork.append(frame)
+            return True
+        if self._direct is not None and self._writer_idle():
+            batch = self._batch
+            if batch.active:
+                self._cork = [frame]
+                batch.corked.append(self)
+            else:
+                self._write_now(frame, [frame])
+            return True
+        return self._enqueue(frame)
+
+    def _writer_idle(self) -> bool:
+        """Whether a frame may be written now: nothing queued, nothing being written."""
+        return (
+            self.close_code is None
+            and not self._queued_bytes
+            and not self._inflight
+            and not self._inflight_bytes
+            and not self._preamble
+        )
+
+    def _flush_cork(self) -> None:
+        frames = self._cork
+        self._cork = None
+        if not frames or self._ended:
+            return
+        if self._direct is not None and self._writer_idle():
+            self._write_now(frames[0] if len(frames) == 1 else b"".join(frames), frames)
+            return
+        # Closing since the batch began: the frames join the queue, and a
+        # graceful close still writes them before its close frame.
+        for frame in frames:
+            self._enqueue(frame)
+
+    def _write_now(self, data: bytes, frames: list[bytes]) -> None:
+        """The direct path: hand ``data`` to the kernel; the writer gets what is left."""
+        transport = self._direct
+        assert transport is not None
+        if self.replay is not None:
+            # Numbered as sent, like the writer's frames.
+            self._record(frames)
+        try:
+            done = transport.send_now(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # The peer is gone, as when the writer finds out.
+            self._peer_gone()
+            return
+        if not done:
+            # The end of the frame waits in the transport; until the writer
+            # has written it, nothing else may be written directly.
+            left = transport.unsent
+            self._inflight_bytes += left
+            self._budget.used += left
+            self._wake_writer()
+
+    def _peer_gone(self) -> None:
+        if self.close_code is None:
+            self.close_code = CloseCode.ABNORMAL_CLOSURE
+            self.disconnect_reason = "peer"
+        self._graceful = False
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    def _enqueue(self, frame: bytes) -> bool:
+        """Put one frame in the outbound queue; apply the slow-consumer policy."""
         size = len(frame)
         budget = self._budget
         if (
@@ -434,28 +585,51 @@ class Connection:
         """Run reader, writer and heartbeat until one of them ends the connection."""
         transport.attach(self._wake_writer)
         self._tokens_at = trio.current_time()
-        async with trio.open_nursery() as nursery:
-            self._cancel_scope = nursery.cancel_scope
-            if self.close_code is not None:  # aborted before the nursery existed
-                nursery.cancel_scope.cancel()
-            if self._preamble:
-                self._wake_writer()
-            # Constant names: trio would otherwise format one per task.
-            nursery.start_soon(self._writer, transport, nursery.cancel_scope, name=_WRITER)
-            nursery.start_soon(self._heartbeat, transport, name=_HEARTBEAT)
-            # The reader runs in the nursery's own task: one task fewer per
-            # connection, and it is cancelled with the others all the same.
-            await self._reader(transport, nursery.cancel_scope)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._cancel_scope = nursery.cancel_scope
+                if self.close_code is not None:  # aborted before the nursery existed
+                    nursery.cancel_scope.cancel()
+                if self._preamble:
+                    self._wake_writer()
+                if transport.direct:
+                    self._direct = transport
+                # Constant names: trio would otherwise format one per task.
+                nursery.start_soon(self._writer, transport, nursery.cancel_scope, name=_WRITER)
+                nursery.start_soon(self._heartbeat, transport, name=_HEARTBEAT)
+                # The reader runs in the nursery's own task: one task fewer per
+                # connection, and it is cancelled with the others all the same.
+                await self._reader(transport, nursery.cancel_scope)
+        finally:
+            # The socket is about to close: from now on only the close path
+            # writes to it.
+            self._direct = None
 
     async def _reader(self, transport: Transport, scope: trio.CancelScope) -> None:
         handle = self.server._handle_data
+        batch = self._batch
         while True:
             data = await transport.receive()
             if data is None:
                 break
-            await handle(self, data)
+            following = transport.next_buffered()
+            if following is None:
+                # One message in this read: its frames go out one by one, at
+                # once (a cork would cost more than it saves).
+                await handle(self, data)
+                continue
+            # Several messages from one read: one write per recipient for all
+            # of them. The server flushes the batch before anything that may
+            # yield (a handler, a join), and it is re-armed for each message.
+            try:
+                while data is not None:
+                    batch.active = True
+                    await handle(self, data)
+                    data, following = following, transport.next_buffered()
+            finally:
+                batch.flush()
         if self.close_code is None:
-            if getattr(transport, "flooded", False):
+            if transport.flooded:
                 # Counted as disconnects{reason="ping_flood"}; a client can
                 # reconnect and flood again, so the log line is rate-bounded.
                 self.server._drop_log.log(
@@ -467,7 +641,7 @@ class Connection:
                 self.close_code = CloseCode.POLICY_VIOLATION
                 self.close_reason = "ping flood"
                 self.disconnect_reason = "ping_flood"
-            elif (error := getattr(transport, "protocol_error", None)) is not None:
+            elif (error := transport.protocol_error) is not None:
                 if self.extended and error[0] == CloseCode.MESSAGE_TOO_BIG:
                     # Written before the close frame: the client learns why.
                     self._deliver(
@@ -507,7 +681,8 @@ class Connection:
                 self._budget.used -= taken
                 self._record(frames)
             else:
-                self._inflight_bytes = taken
+                # (On top of what a direct write left in the transport.)
+                self._inflight_bytes += taken
             if self._preamble:
                 frames = self._preamble + frames
                 self._preamble = []
@@ -595,6 +770,11 @@ class Connection:
         self._graceful = True
         self._cancel_scope = None
         self._resumed = False
+        # What was being written went with the socket; the replay buffer has
+        # it (only the end of a direct write was still counted here).
+        self._inflight = []
+        self._budget.used -= self._inflight_bytes
+        self._inflight_bytes = 0
         self._session_changed = trio.Event()
         assert self._suspended is not None
         self._suspended.set()
@@ -665,6 +845,4 @@ def check_close(code: int, reason: str) -> None:
 
 async def close_stream_of(transport: Transport) -> None:
     """Close a transport without a closing handshake."""
-    abort = getattr(transport, "abort", None)
-    if abort is not None:
-        await abort()
+    await transport.abort()

@@ -41,7 +41,7 @@ from websockets.typing import Subprotocol
 
 from .backplane import Backplane, LocalBackplane
 from .budget import Budget
-from .connection import CloseCode, Connection, Transport, check_close
+from .connection import CloseCode, Connection, OutboundBatch, Transport, check_close
 from .extension import (
     ACK,
     EXTENSION_PREFIX,
@@ -154,6 +154,8 @@ class Server:
         self.backplane = backplane or LocalBackplane()
         self._rooms: RoomRegistry[Connection] = RoomRegistry()
         self._budget = Budget(settings.max_buffered_bytes)
+        # Corks direct writes while a reader handles several messages of one read.
+        self._batch = OutboundBatch()
         self._connections: dict[str, Connection] = {}
         # Connection slots per client address, taken at admission (before
         # authorize) and held until the connection is gone.
@@ -865,10 +867,14 @@ class Server:
         if _find_control(room) or _find_control(event):
             self._bad_name(conn, room, event, ref)
             return
+        # Joins, leaves and handlers may yield to other tasks: a batch of
+        # corked frames (see OutboundBatch) is written before them.
         if event == "join":
+            self._batch.flush()
             if await self._join(conn, room, ref=ref) and ref is not None:
                 self._send_reply(conn, room, ref, None)
         elif event == "leave":
+            self._batch.flush()
             await self._leave(conn, room)
             if ref is not None:
                 self._send_reply(conn, room, ref, None)
@@ -903,6 +909,7 @@ class Server:
                     ref=ref,
                 )
         elif event in self._handlers:
+            self._batch.flush()
             await self._call_handler(conn, Message(room, event, dst, conn.id, payload), ref)
         else:
             members = self._rooms.get(room)

@@ -9,6 +9,13 @@ unmasked and no extension is negotiated.
 Only the reader task calls :meth:`StreamTransport.receive` and only the writer
 task calls :meth:`StreamTransport.write`, so the stream never sees two
 concurrent sends; control frames wait in a list that the writer flushes first.
+
+On a plain TCP socket the transport also has a direct path (see "Delivery" in
+``docs/concepts.md``): :meth:`StreamTransport.send_now` lets the task that has
+a frame hand it to the kernel at once, without waking the writer, and reads
+wait for readiness once and then call ``recv`` without another trip through
+the scheduler. What the kernel does not take stays here, in front of
+everything else, until the writer has written it.
 """
 
 from __future__ import annotations
@@ -60,6 +67,14 @@ class StreamTransport:
     ) -> None:
         self._stream = stream
         self._protocol = protocol
+        # A plain socket gets the direct path; TLS and in-memory streams go
+        # through their own send_all and receive_some.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        #: True when :meth:`send_now` can write without the writer task.
+        self.direct = self._socket is not None
+        # The end of a frame send_now could not write: the writer sends it
+        # before anything else, and close() before its close frame.
+        self._unsent = b""
         # The peer's pings: a token bucket, refilled when a ping arrives.
         self._ping_rate = ping_rate or 0.0
         self._ping_burst = float(ping_burst)
@@ -93,7 +108,7 @@ class StreamTransport:
             if self._ended:
                 return None
             try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
+                data = await self._receive_some()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if data:
@@ -103,6 +118,31 @@ class StreamTransport:
                 self._ended = self._eof = True
             self._take_events()
         return messages.pop(0)
+
+    def next_buffered(self) -> bytes | None:
+        """A message that arrived with the last read, without waiting; else ``None``."""
+        messages = self._messages
+        return messages.pop(0) if messages else None
+
+    async def _receive_some(self) -> bytes | bytearray:
+        sock = self._socket
+        if sock is None:
+            return await self._stream.receive_some(RECEIVE_SIZE)
+        # One trip through the scheduler per readiness: trio's receive_some
+        # would also yield after a recv that succeeded at once.
+        while True:
+            if sock.fileno() < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            await trio.lowlevel.wait_readable(sock)
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket was closed")
+            try:
+                return os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(exc) from exc
 
     def _take_events(self) -> None:
         protocol = self._protocol
@@ -184,6 +224,38 @@ class StreamTransport:
 
     # -- outbound ----------------------------------------------------------
 
+    @property
+    def unsent(self) -> int:
+        """Bytes :meth:`send_now` left for the writer."""
+        return len(self._unsent)
+
+    def send_now(self, data: bytes) -> bool:
+        """Hand ``data`` to the kernel without waiting; ``False`` if some is left.
+
+        Only for a direct transport, and only when no write is under way and
+        nothing is left from before (the caller's queue is empty and its
+        writer idle). What the kernel does not take stays in the transport,
+        and the writer, once woken, writes it first. Raises
+        ``trio.BrokenResourceError`` when the peer is gone.
+        """
+        sock = self._socket
+        assert sock is not None and not self._unsent and not self._mid_write
+        # Asked each time, never kept: once the socket is closed its number
+        # may belong to another connection.
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+        if sent == len(data):
+            return True
+        self._unsent = data[sent:]
+        return False
+
     async def write(self, frames: list[bytes]) -> None:
         # A cancellation that arrives before the first byte leaves the stream
         # clean (and the control frames in place for close()); only one that
@@ -192,6 +264,11 @@ class StreamTransport:
         if self._control:
             frames = self._control + frames
             self._control = []
+        if self._unsent:
+            # The end of a frame already begun on the wire: nothing may come
+            # before it, pongs included.
+            frames = [self._unsent, *frames]
+            self._unsent = b""
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         if not data:
             # Only wake-ups: trio's send_all(b"") is a checkpoint, and a
@@ -219,7 +296,10 @@ class StreamTransport:
 
     async def close(self, code: int, reason: str, pending: list[bytes]) -> None:
         protocol = self._protocol
-        before = self._control
+        # The end of a frame begun by send_now always goes first: the close
+        # frame must not land in the middle of a frame.
+        before = [self._unsent, *self._control] if self._unsent else self._control
+        self._unsent = b""
         self._control = []
         if protocol.state is State.OPEN and code not in NOT_SENDABLE:
             protocol.send_close(code, reason)
