@@ -404,6 +404,19 @@ class Connection:
             return True
         return self._enqueue(frame)
 
+    def _start_direct(self, transport: Transport) -> None:
+        """Write directly to ``transport`` from now on, where it can.
+
+        The server calls it before the ``root`` join, so that even the first
+        frame (the ``join_ack``) costs no writer wake-up.
+        """
+        if transport.direct:
+            self._direct = transport
+
+    def _stop_direct(self) -> None:
+        """The socket is closing: only the close path writes to it from now on."""
+        self._direct = None
+
     def _writer_idle(self) -> bool:
         """Whether a frame may be written now: nothing queued, nothing being written."""
         return (
@@ -411,7 +424,6 @@ class Connection:
             and not self._queued_bytes
             and not self._inflight
             and not self._inflight_bytes
-            and not self._preamble
         )
 
     def _flush_cork(self) -> None:
@@ -434,6 +446,11 @@ class Connection:
         if self.replay is not None:
             # Numbered as sent, like the writer's frames.
             self._record(frames)
+        if self._preamble:
+            # Frames outside the numbering that must come first (the session
+            # frame, a resume's replay): they go out with these.
+            data = b"".join([*self._preamble, data])
+            self._preamble = []
         try:
             done = transport.send_now(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -592,8 +609,7 @@ class Connection:
                     nursery.cancel_scope.cancel()
                 if self._preamble:
                     self._wake_writer()
-                if transport.direct:
-                    self._direct = transport
+                self._start_direct(transport)
                 # Constant names: trio would otherwise format one per task.
                 nursery.start_soon(self._writer, transport, nursery.cancel_scope, name=_WRITER)
                 nursery.start_soon(self._heartbeat, transport, name=_HEARTBEAT)
@@ -601,9 +617,7 @@ class Connection:
                 # connection, and it is cancelled with the others all the same.
                 await self._reader(transport, nursery.cancel_scope)
         finally:
-            # The socket is about to close: from now on only the close path
-            # writes to it.
-            self._direct = None
+            self._stop_direct()
 
     async def _reader(self, transport: Transport, scope: trio.CancelScope) -> None:
         handle = self.server._handle_data

@@ -77,7 +77,13 @@ from .protocol import (
 )
 from .rooms import Room, RoomRegistry
 from .settings import Settings
-from .transport import RECEIVE_SIZE, StreamTransport, close_socket_now, close_stream
+from .transport import (
+    StreamTransport,
+    close_socket_now,
+    close_stream,
+    receive_some,
+    send_all,
+)
 from .wsframe import binary_frame, frame_payload
 
 __all__ = [
@@ -451,7 +457,7 @@ class Server:
                 if not accepted and claims is not _PLAIN_HTTP:
                     self.metrics.handshakes_rejected[response.status_code] += 1
                 protocol.send_response(response)
-                await stream.send_all(b"".join(protocol.data_to_send()))
+                await send_all(stream, b"".join(protocol.data_to_send()))
                 if not accepted:
                     return None
                 return self._new_connection(request, claims)
@@ -668,8 +674,10 @@ class Server:
             if not resumed:
                 if conn.extended and self.settings.resume_window > 0:
                     self._open_session(conn)
-                # The root join_ack is queued before the connection can be found
-                # by ID, so it is always the first frame the client receives.
+                # The root join_ack is queued (or written) before the connection
+                # can be found by ID, so it is always the first frame the client
+                # receives.
+                conn._start_direct(transport)
                 await self._join(conn, ROOT, check=False)
                 self._connections[conn.id] = conn
                 self._handshaking -= 1
@@ -698,6 +706,9 @@ class Server:
                 break
         finally:
             if owner:
+                # (A session taken over is another socket's now, direct path
+                # included.)
+                conn._stop_direct()
                 conn._may_resume = False
                 with trio.CancelScope(shield=True):
                     self._close_session(conn)
@@ -821,8 +832,15 @@ class Server:
             # Cancelled before registration finished.
             self._handshaking -= 1
         self._release_address(conn.remote_address)
-        with trio.move_on_after(self.settings.close_timeout):
-            for name in reversed(list(conn._rooms)):  # root last
+        if self.backplane.distributed or self._hooks["leave"]:
+            # Leaving may wait for the backplane or a hook: bounded.
+            with trio.move_on_after(self.settings.close_timeout):
+                for name in reversed(list(conn._rooms)):  # root last
+                    await self._leave(conn, name, ack=False)
+        else:
+            # Nothing here can wait (room locks are only held across backplane
+            # calls): no deadline, whose cancel scope would cost more than this.
+            for name in reversed(list(conn._rooms)):
                 await self._leave(conn, name, ack=False)
         for name in list(conn._rooms):
             # A room lock is stuck (e.g. a backplane call hanging): remove the
@@ -1409,7 +1427,7 @@ async def _read_request(stream: trio.abc.Stream, protocol: ServerProtocol) -> Ws
     """Feed the protocol until it parsed the HTTP request; ``None`` on EOF or garbage."""
     while True:
         try:
-            data = await stream.receive_some(RECEIVE_SIZE)
+            data = await receive_some(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
         if data:

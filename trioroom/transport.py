@@ -28,7 +28,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-__all__ = ["StreamTransport", "close_socket_now", "close_stream"]
+__all__ = ["StreamTransport", "close_socket_now", "close_stream", "receive_some", "send_all"]
 
 
 def close_socket_now(stream: trio.abc.Stream) -> bool:
@@ -43,6 +43,53 @@ async def close_stream(stream: trio.abc.Stream) -> None:
     """Close without waiting for anything; a plain socket closes synchronously."""
     if not close_socket_now(stream):
         await trio.aclose_forcefully(stream)
+
+
+async def receive_some(stream: trio.abc.Stream) -> bytes | bytearray:
+    """Up to ``RECEIVE_SIZE`` bytes from ``stream``; ``b""`` at EOF.
+
+    On a plain socket: one readiness wait, then a plain ``recv``. trio's own
+    ``receive_some`` also yields after a ``recv`` that succeeded at once: two
+    trips through the scheduler per read instead of one.
+    """
+    if not isinstance(stream, trio.SocketStream):
+        return await stream.receive_some(RECEIVE_SIZE)
+    sock = stream.socket
+    while True:
+        if sock.fileno() < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        await trio.lowlevel.wait_readable(sock)
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        try:
+            return os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+
+
+async def send_all(stream: trio.abc.Stream, data: bytes) -> None:
+    """Write ``data``; on a plain socket, at once when the kernel takes it all.
+
+    trio's ``send_all`` yields to the scheduler even when the socket has room;
+    this writes without yielding and leaves only the rest to it.
+    """
+    if isinstance(stream, trio.SocketStream):
+        fd = stream.socket.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(exc) from exc
+        if sent == len(data):
+            return
+        data = data[sent:]
+    await stream.send_all(data)
 
 
 RECEIVE_SIZE = 65536
@@ -108,7 +155,7 @@ class StreamTransport:
             if self._ended:
                 return None
             try:
-                data = await self._receive_some()
+                data = await receive_some(self._stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if data:
@@ -123,26 +170,6 @@ class StreamTransport:
         """A message that arrived with the last read, without waiting; else ``None``."""
         messages = self._messages
         return messages.pop(0) if messages else None
-
-    async def _receive_some(self) -> bytes | bytearray:
-        sock = self._socket
-        if sock is None:
-            return await self._stream.receive_some(RECEIVE_SIZE)
-        # One trip through the scheduler per readiness: trio's receive_some
-        # would also yield after a recv that succeeded at once.
-        while True:
-            if sock.fileno() < 0:
-                raise trio.ClosedResourceError("the socket was closed")
-            await trio.lowlevel.wait_readable(sock)
-            fd = sock.fileno()
-            if fd < 0:
-                raise trio.ClosedResourceError("the socket was closed")
-            try:
-                return os.read(fd, RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise trio.BrokenResourceError(exc) from exc
 
     def _take_events(self) -> None:
         protocol = self._protocol
