@@ -1,7 +1,7 @@
 """``python -m benchmarks``: run the suite, write benchmarks/results/.
 
 python -m benchmarks                 # full run: 15 s windows
-python -m benchmarks --quick         # 5 s windows, about 20 min for the five peers
+python -m benchmarks --quick         # 5 s windows, about 25 min for the six peers
 python -m benchmarks --smoke --out /tmp/x   # seconds: CI check of the suite
 python -m benchmarks --quick --peers trioroom,bare_trio --workloads fanout,chat
 """
@@ -22,9 +22,10 @@ from . import report, sysinfo, workloads
 from .procs import BENCH, PEERS, busy_pct, cpu_times, ensure_loadgen, log, raise_nofile
 
 ALL_WORKLOADS = ["fanout", "chat", "sweep", "churn", "idle", "dm"]
-#: The chat rate sweep is what the targets ask of trioroom and its ceiling;
-#: the slower peers would spend minutes in it far above their capacity.
-SWEEP_PEERS = ("trioroom", "bare_trio")
+#: The chat rate sweep: trioroom, the two bare ceilings and websockets asyncio
+#: (issue 15); the slower peers would spend minutes in it far above their capacity.
+SWEEP_PEERS = ("trioroom", "bare_trio", "bare_direct", "websockets")
+SMOKE_PEERS = ["trioroom", "bare_trio", "bare_direct"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mode.add_argument(
         "--smoke",
         action="store_true",
-        help="tiny run in seconds (default peers: bare_trio,trioroom)",
+        help=f"tiny run in seconds (default peers: {','.join(SMOKE_PEERS)})",
     )
     mode.add_argument("--full", action="store_true", help="full run (the default)")
     p.add_argument(
@@ -75,6 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default 2; 0 in smoke mode)",
     )
     p.add_argument("--no-charts", action="store_true", help="skip the PNG charts")
+    p.add_argument(
+        "--readme",
+        action="store_true",
+        help="also write the benchmark table and targets into README.md (between its "
+        "benchmarks:begin/end markers)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the protocol check of each peer")
     return p.parse_args(argv)
 
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.client:
         s.client = args.client
 
-    default_peers = ["trioroom", "bare_trio"] if mode == "smoke" else list(PEERS)
+    default_peers = list(SMOKE_PEERS) if mode == "smoke" else list(PEERS)
     peers = [x.strip() for x in args.peers.split(",")] if args.peers else default_peers
     unknown = [x for x in peers if x not in PEERS]
     if unknown:
@@ -213,10 +220,17 @@ def main(argv: list[str] | None = None) -> int:
     meta["elapsed_s"] = round(time.monotonic() - t_begin, 1)
     (raw_dir / "results.json").write_text(json.dumps(data, indent=1))
     files = report.write(data, out, with_charts=not args.no_charts)
+    if args.readme:
+        readme = BENCH.parent / "README.md"
+        if report.splice_readme(readme, (out / "readme_table.md").read_text().rstrip("\n")):
+            files.append(readme)
+        else:
+            log(f"warning: {readme} has no {report.README_BEGIN} marker: not updated")
     log("")
     for t in data["targets"]:
         met = {True: "yes", False: "NO", None: "n/a"}[t["met"]]
-        log(f"  target: {t['target']:<52} {t['value']:>10}  met: {met}")
+        gen = "  (generator-bound)" if t.get("gen_saturated") else ""
+        log(f"  target: {t['target']:<66} {t['value']:>8}  met: {met}{gen}")
     log("")
     log("wrote " + ", ".join(str(f) for f in files))
     return 0
@@ -273,24 +287,29 @@ def summary(name: str, r: dict[str, Any]) -> str:
     if name == "verify":
         bad = [c["name"] for c in r.get("checks", []) if not c["ok"]]
         return "protocol check ok" if r.get("ok") else f"protocol check FAILED: {bad}"
+    gen = " GENERATOR-BOUND" if r.get("gen_saturated") else ""
     if name.startswith("fanout"):
         return (
-            f"{f(r['deliveries_per_s'])} deliveries/s, p50 {f(r['latency_p50_ms'])} ms, "
+            f"{f(r['deliveries_per_s'])} deliveries/s, "
+            f"{f(r.get('deliveries_per_server_cpu_s'))} per server-CPU-s "
+            f"({f(r.get('server_us_per_delivery'))} us each), p50 {f(r['latency_p50_ms'])} ms, "
             f"p99 {f(r['latency_p99_ms'])} ms, server CPU {f(r['server_cpu_pct'])}%, "
-            f"generators {f(r['gen_cpu_pct'])}%"
+            f"generators {f(r['gen_cpu_pct'])}%{gen}"
         )
     if name == "chat":
         return (
             f"{f(r['offered_msgs_per_s'])} msgs/s in, p50 {f(r['latency_p50_ms'])} ms, "
             f"p99 {f(r['latency_p99_ms'])} ms, p99.9 {f(r['latency_p999_ms'])} ms, "
-            f"lost {f(r['lost'])}, server CPU {f(r['server_cpu_pct'])}%"
+            f"lost {f(r['lost'])}, server CPU {f(r['server_cpu_pct'])}% "
+            f"({f(r.get('server_us_per_msg'))} us/msg), generators {f(r.get('gen_cpu_pct'))}%{gen}"
         )
     if name == "chat_sweep":
         return f"max {f(r['max_msgs_per_s'])} msgs/s with p99 < {f(r['p99_bound_ms'])} ms"
     if name == "churn":
         return (
             f"{f(r['cycles_per_s'])} cycles/s, p99 {f(r['cycle_p99_ms'])} ms, "
-            f"errors {f(r['errors'])}, server CPU {f(r['server_cpu_pct'])}%"
+            f"errors {f(r['errors'])}, server CPU {f(r['server_cpu_pct'])}%, "
+            f"generators {f(r.get('gen_cpu_pct'))}%{gen}"
         )
     if name == "idle":
         return (
@@ -300,6 +319,7 @@ def summary(name: str, r: dict[str, Any]) -> str:
     if name.startswith("dm"):
         return (
             f"{f(r['round_trips_per_s'])} round trips/s, RTT p50 {f(r['rtt_p50_ms'])} ms, "
-            f"p99 {f(r['rtt_p99_ms'])} ms"
+            f"p99 {f(r['rtt_p99_ms'])} ms, {f(r.get('server_us_per_msg'))} us server CPU/msg, "
+            f"generators {f(r.get('gen_cpu_pct'))}%{gen}"
         )
     return json.dumps({k: v for k, v in r.items() if not k.startswith("_")})[:200]

@@ -207,6 +207,24 @@ PEERS: dict[str, PeerSpec] = {
         "trio + websockets sans-I/O, queue + writer task per connection, encode once, "
         "trioroom's GC settings",
     ),
+    "bare_direct": PeerSpec(
+        "bare_direct",
+        "bare direct I/O",
+        "wsrooms",
+        [
+            "{python}",
+            "benchmarks/peers/bare_direct.py",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+            "--gc-threshold",
+            "50000",
+        ],
+        "bare_trio's shape with direct I/O: non-blocking send from the delivering task "
+        "when the queue is empty, one write per recipient per multi-message read (corking), "
+        "one wait_readable + recv per read; trioroom's GC settings",
+    ),
     "websockets": PeerSpec(
         "websockets",
         "websockets asyncio",
