@@ -613,35 +613,36 @@ class Connection:
                 # Constant names: trio would otherwise format one per task.
                 nursery.start_soon(self._writer, transport, nursery.cancel_scope, name=_WRITER)
                 nursery.start_soon(self._heartbeat, transport, name=_HEARTBEAT)
-                # The reader runs in the nursery's own task: one task fewer per
-                # connection, and it is cancelled with the others all the same.
-                await self._reader(transport, nursery.cancel_scope)
+                # The reader runs here, in the nursery's own task: one task
+                # and one coroutine fewer per connection, and it is cancelled
+                # with the others all the same.
+                handle = self.server._handle_data
+                batch = self._batch
+                while (data := await transport.receive()) is not None:
+                    following = transport.next_buffered()
+                    if following is None:
+                        # One message in this read: its frames go out one by
+                        # one, at once (a cork would cost more than it saves).
+                        await handle(self, data)
+                        continue
+                    # Several messages from one read: one write per recipient
+                    # for all of them. The server flushes the batch before
+                    # anything that may yield (a handler, a join); it is
+                    # re-armed for each message.
+                    try:
+                        while data is not None:
+                            batch.active = True
+                            await handle(self, data)
+                            data, following = following, transport.next_buffered()
+                    finally:
+                        batch.flush()
+                self._reader_ended(transport)
+                nursery.cancel_scope.cancel()
         finally:
             self._stop_direct()
 
-    async def _reader(self, transport: Transport, scope: trio.CancelScope) -> None:
-        handle = self.server._handle_data
-        batch = self._batch
-        while True:
-            data = await transport.receive()
-            if data is None:
-                break
-            following = transport.next_buffered()
-            if following is None:
-                # One message in this read: its frames go out one by one, at
-                # once (a cork would cost more than it saves).
-                await handle(self, data)
-                continue
-            # Several messages from one read: one write per recipient for all
-            # of them. The server flushes the batch before anything that may
-            # yield (a handler, a join), and it is re-armed for each message.
-            try:
-                while data is not None:
-                    batch.active = True
-                    await handle(self, data)
-                    data, following = following, transport.next_buffered()
-            finally:
-                batch.flush()
+    def _reader_ended(self, transport: Transport) -> None:
+        """The peer closed, vanished or broke the protocol: record how."""
         if self.close_code is None:
             if transport.flooded:
                 # Counted as disconnects{reason="ping_flood"}; a client can
@@ -673,7 +674,6 @@ class Connection:
                 self.close_code = code
                 self.close_reason = reason
                 self.disconnect_reason = "peer"
-        scope.cancel()
 
     async def _writer(self, transport: Transport, scope: trio.CancelScope) -> None:
         receive = self._receive_channel.receive
@@ -750,7 +750,11 @@ class Connection:
         ping_sent: float | None = None
         while True:
             if ping_sent is None:
-                await trio.sleep(tick)
+                # trio.sleep(tick) without its two wrapper coroutines: an idle
+                # connection spends its life here, so their frames would be
+                # memory held per connection.
+                with trio.move_on_after(tick):
+                    await trio.sleep_forever()
             else:
                 remaining = ping_sent + ping_timeout - trio.current_time()
                 with trio.move_on_after(max(0.0, min(tick, remaining))):

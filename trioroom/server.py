@@ -648,15 +648,24 @@ class Server:
             if self._handshakes[address] <= 0:
                 del self._handshakes[address]
 
-    async def _start(self, conn: Connection, transport: Transport) -> None:
-        """Serve a new connection, or resume the session its request names."""
+    def _start(self, conn: Connection, transport: Transport) -> Awaitable[None]:
+        """Serve a new connection, or resume the session its request names.
+
+        Returns the coroutine to await instead of awaiting it: a connection
+        spends its life in there, and every frame of the chain stays in
+        memory as long as it does.
+        """
         token = conn.request.query.get("resume") if conn.extended else None
         if token is not None:
-            reason = await self._try_resume(conn, transport, token)
-            if reason is None:
-                return
-            conn.log.info("session not resumed: %s", reason)
-            conn._preamble.append(binary_frame(not_resumed_message(reason)))
+            return self._resume_or_serve(conn, transport, token)
+        return self._serve_connection(conn, transport)
+
+    async def _resume_or_serve(self, conn: Connection, transport: Transport, token: str) -> None:
+        reason = await self._try_resume(conn, transport, token)
+        if reason is None:
+            return
+        conn.log.info("session not resumed: %s", reason)
+        conn._preamble.append(binary_frame(not_resumed_message(reason)))
         await self._serve_connection(conn, transport)
 
     async def _serve_connection(
