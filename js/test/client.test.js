@@ -347,7 +347,7 @@ describe("sending", function () {
         }
         assert.deepEqual(
             [...REFUSED_EVENTS].sort(),
-            ["close", "error", "join", "join_ack", "leave", "leave_ack", "member_left", "new_member", "open", "reconnect_failed", "reconnecting", "resume_failed", "resumed"],
+            ["close", "error", "join", "join_ack", "leave", "leave_ack", "member_left", "new_member", "open", "reconnect_failed", "reconnecting", "resume_failed", "resumed", "state"],
         );
         for (const event of ["trioroom.ack", "trioroom.reply", "trioroom.anything"]) {
             assert.throws(() => lobby.send(event, "x"), /reserved/, event);
@@ -670,19 +670,27 @@ describe("reconnecting", function () {
         await assert.rejects(root.ready(), /gave up reconnecting after 3 attempts/);
     });
 
-    test("the attempt count starts over once the root is open again", async function () {
-        const { root, sockets, welcome, nextSocket } = connect(fast);
+    test("the attempt count starts over only once a connection has stayed up for reconnectResetAfter", async function () {
+        const { root, sockets, welcome, nextSocket } = connect({ ...fast, reconnectResetAfter: 100 });
         welcome(A);
         const attempts = [];
         root.on("reconnecting", (attempt) => attempts.push(attempt));
-        for (let round = 0; round < 2; round += 1) {
+        async function flap() {
             const created = nextSocket();
             sockets.at(-1).drop();
             const fresh = await created;
             fresh.accept();
             welcome(B, [B], fresh);
         }
-        assert.deepEqual(attempts, [1, 1]);
+        // A server that accepts and drops at once: the backoff keeps growing.
+        await flap();
+        await flap();
+        await flap();
+        assert.deepEqual(attempts, [1, 2, 3]);
+        // Up for longer than reconnectResetAfter: the next drop starts over.
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        await flap();
+        assert.deepEqual(attempts, [1, 2, 3, 1]);
         root.close();
     });
 

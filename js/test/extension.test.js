@@ -234,7 +234,8 @@ describe("resumption", function () {
     });
 
     test("a resume after a heartbeat close (1011) too, but not after a close on purpose", async function () {
-        const { root, socket, sockets, nextSocket } = connect();
+        // With reconnectAfterKick, kicks and policy closes reconnect too (by default they end the client).
+        const { root, socket, sockets, nextSocket } = connect({ reconnectAfterKick: true });
         const fresh = await dropAndReconnect(socket, nextSocket, 1011);
         assert.match(fresh.url, /resume=/);
         fresh.accept(EXTENSION_PROTOCOL);
@@ -250,6 +251,25 @@ describe("resumption", function () {
         }
         assert.equal(closed.length, 5);
         root.close();
+    });
+
+    test("a kick or policy close ends the client by default: close says why, no reconnect", async function () {
+        for (const code of [4000, 1008, 1009]) {
+            const { root, socket, sockets, lobby } = connect();
+            const closes = [];
+            root.on("close", (info) => closes.push(["root", info]));
+            lobby.on("close", (info) => closes.push(["lobby", info]));
+            const states = [];
+            root.on("state", (state, previous) => states.push([previous, state]));
+            socket.dispatch("close", { type: "close", code, reason: "bye " + code });
+            const info = { code, reason: "bye " + code, willReconnect: false };
+            assert.deepEqual(closes, [["lobby", info], ["root", info]]);
+            assert.deepEqual(states, [["open", "closed"]]);
+            assert.equal(root.state, "closed");
+            await assert.rejects(root.ready(), new RegExp("closed the connection with " + code));
+            await sleep(20);
+            assert.equal(sockets.length, 1, "close code " + code + ": no reconnect");
+        }
     });
 
     test("a leave or join made while suspended goes out on resume; joins in flight are sent again", async function () {
