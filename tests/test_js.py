@@ -30,7 +30,11 @@ UNIT_FILES = [
     "test/extension.test.js",
     "test/types.test.js",
 ]
-INTEGRATION_FILES = ["test/integration.test.js", "test/extension-integration.test.js"]
+INTEGRATION_FILES = [
+    "test/integration.test.js",
+    "test/extension-integration.test.js",
+    "test/lifecycle.test.js",
+]
 BROWSER_FILES = ["test/browser.test.js"]
 
 
