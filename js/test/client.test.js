@@ -740,3 +740,59 @@ describe("reconnecting", function () {
         assert.equal(reconnecting, false);
     });
 });
+
+describe("no silent failures", function () {
+    test("names that are not well-formed UTF-16 throw TypeError at the call", async function () {
+        const { root, welcome } = connect();
+        welcome(A);
+        assert.throws(() => root.join("bad\uD800"), TypeError);
+        assert.throws(() => root.join("\uDC00bad"), TypeError);
+        assert.throws(() => root.send("ev\uD83D", "x"), /not well-formed UTF-16/);
+        assert.throws(() => root.send("ev", "x", "dst\uDFFF"), TypeError);
+        await assert.rejects(root.request("ev\uD800"), TypeError);
+        // A well-formed pair is fine.
+        assert.equal(root.join("smile \uD83D\uDE00").name, "smile \uD83D\uDE00");
+        root.close();
+    });
+
+    test("an error with no listener goes to the console, once per message", function (t) {
+        const logged = [];
+        t.mock.method(console, "error", (...args) => logged.push(args));
+        const { root, socket, welcome } = connect();
+        welcome(A);
+        socket.deliver({ room: "root", event: "open", src: B });
+        socket.deliver({ room: "root", event: "open", src: B });
+        assert.equal(logged.length, 1);
+        assert.ok(logged[0].some((arg) => arg instanceof ProtocolError), "the error itself is logged");
+        // With a listener, the listener gets it and the console nothing.
+        const seen = [];
+        root.on("error", (error) => seen.push(error));
+        socket.deliver({ room: "root", event: "close", src: B });
+        assert.equal(seen.length, 1);
+        assert.equal(logged.length, 1);
+        root.close();
+    });
+});
+
+describe("connect timeout", function () {
+    test("an attempt that does not open the root within connectTimeout is dropped and retried", async function () {
+        const { FakeWebSocket, sockets, nextSocket } = fakeWebSocketClass();
+        const root = trioroom(URL_, { WebSocket: FakeWebSocket, connectTimeout: 20, reconnectDelay: 1, reconnectJitter: 0 });
+        const errors = [];
+        root.on("error", (error) => errors.push(error));
+        // The first socket never opens (black-holed); the second opens but never gets a join_ack.
+        const second = await nextSocket();
+        second.accept();
+        const third = await nextSocket();
+        assert.equal(sockets.length, 3);
+        assert.deepEqual(sockets[0].closeCalls.length + sockets[1].closeCalls.length, 2, "each abandoned socket is closed");
+        assert.ok(errors.length >= 2 && errors.every((error) => error instanceof TimeoutError), String(errors));
+        assert.equal(root.state, "connecting");
+        third.accept();
+        third.deliver({ room: "root", event: "join_ack", src: A, payload: memberList([A]) });
+        assert.equal(root.state, "open");
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        assert.equal(sockets.length, 3, "no timeout once open");
+        root.close();
+    });
+});
