@@ -29,6 +29,7 @@ UNIT_FILES = [
     "test/client.test.js",
     "test/extension.test.js",
     "test/types.test.js",
+    "test/package.test.js",
 ]
 INTEGRATION_FILES = [
     "test/integration.test.js",
