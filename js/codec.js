@@ -201,16 +201,15 @@ export function parseMemberList(payload) {
     if (!Array.isArray(parsed)) {
         throw new FrameError("member list is a JSON " + describe(parsed) + ", not an array", 0);
     }
-    const members = [];
+    // A Set keeps the first occurrence of each ID in linear time.
+    const members = new Set();
     parsed.forEach(function (member, index) {
         if (typeof member !== "string") {
             throw new FrameError("member list entry " + index + " is a " + describe(member) + ", not a string", 0);
         }
-        if (!members.includes(member)) {
-            members.push(member);
-        }
+        members.add(member);
     });
-    return members;
+    return Array.from(members);
 }
 
 /**

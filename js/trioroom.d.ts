@@ -15,8 +15,25 @@ export type LocalEvent =
     | "reconnecting"
     | "reconnect_failed"
     | "resumed"
-    | "resume_failed";
+    | "resume_failed"
+    | "state";
 export declare const LOCAL_EVENTS: readonly LocalEvent[];
+
+/** What `root.state` says about the connection. */
+export type ConnectionState = "connecting" | "open" | "suspended" | "reconnecting" | "closed";
+/** The states, in the order a connection usually walks through them. */
+export declare const STATES: readonly ConnectionState[];
+/** Close codes that end the client unless `reconnectAfterKick` is true: 4000, 1008, 1009. */
+export declare const KICK_CLOSE_CODES: readonly number[];
+
+/** What a `close` event carries. */
+export interface CloseInfo {
+    /** The WebSocket close code (1006: no close frame, e.g. a dropped network). */
+    readonly code: number;
+    readonly reason: string;
+    /** Whether the client reconnects (and the room opens again). */
+    readonly willReconnect: boolean;
+}
 /** Names `send` refuses: the protocol's reserved ones and the local ones (and any starting with `trioroom.`). */
 export declare const REFUSED_EVENTS: readonly string[];
 
@@ -33,10 +50,41 @@ export interface ExtensionOptions {
     ackEvery?: number;
     /** ...and at least this often, ms (default 5000; Infinity: no timer). */
     ackInterval?: number;
-    /** Default timeout of `request()`, ms (default 10000; Infinity: none). */
+    /** Default timeout of `request()`, ms (default 30000, the server's; Infinity: none). */
     requestTimeout?: number;
 }
 export declare const EXTENSION_DEFAULTS: Readonly<Required<ExtensionOptions>>;
+
+/** Bounds of the offline queue. */
+export interface OfflineQueueOptions {
+    /** Messages held at most (default 100). */
+    maxMessages?: number;
+    /** Bytes (encoded frames) held at most (default 1 MiB). */
+    maxBytes?: number;
+}
+export declare const OFFLINE_QUEUE_DEFAULTS: Readonly<Required<OfflineQueueOptions>>;
+
+/** Options about the connection's lifecycle, and their defaults. */
+export interface ConnectionOptions {
+    /** Each attempt must open the root (or resume) within this, ms (default 10000; Infinity: none). */
+    connectTimeout?: number;
+    /** The attempt count (and so the backoff) starts over once a connection stayed open this long, ms (default 5000). */
+    reconnectResetAfter?: number;
+    /** Reconnect after a kick (4000) or a policy close (1008, 1009) too; default false: they end the client. */
+    reconnectAfterKick?: boolean;
+    /**
+     * Keep `send` and `request` calls made while (re)connecting and send them
+     * in order once open (default false; true: 100 messages, 1 MiB). A call
+     * over the bound throws (`send`) or rejects (`request`) with a RangeError.
+     */
+    offlineQueue?: boolean | OfflineQueueOptions;
+}
+export declare const CONNECTION_DEFAULTS: Readonly<{
+    connectTimeout: number;
+    reconnectResetAfter: number;
+    reconnectAfterKick: boolean;
+    offlineQueue: boolean;
+}>;
 
 /** `url` with `resume=<token>&last=<count>` in its query; other parameters are kept as they are. */
 export declare function resumeUrl(url: string, token: string, last: number): string;
@@ -84,6 +132,10 @@ export type ServerErrorCode =
     | "unknown_destination"
     | "handler_error"
     | "timeout"
+    /** The socket closed (or a resume replaced it) while the request's handler ran. */
+    | "cancelled"
+    /** The server's error frame named no code. */
+    | "unknown"
     | (string & {});
 
 /** What the server reported with `trioroom.error`: a request's rejection or an `error` event. */
@@ -108,7 +160,7 @@ export declare class RequestError extends Error {
 }
 
 /** The answer to `request()`: the reply's payload bytes. */
-export declare class Reply extends Uint8Array<ArrayBuffer> {
+export declare class Reply extends Uint8Array {
     /** The payload as UTF-8 text. */
     text(): string;
     /** The payload as JSON. */
@@ -125,7 +177,7 @@ export interface RequestOptions {
 /** A WebSocket constructor: the browser's, or `WebSocket` from the `ws` package on Node. */
 export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => unknown;
 
-export interface TrioroomOptions extends ReconnectOptions, ExtensionOptions {
+export interface TrioroomOptions extends ReconnectOptions, ExtensionOptions, ConnectionOptions {
     /** Default `globalThis.WebSocket`; Node 20 has none, pass the `ws` package's. */
     WebSocket?: WebSocketConstructor;
     /** Subprotocols for the handshake. */
@@ -161,15 +213,18 @@ export interface Room {
     /** Resolve with the room once it is open; reject if it is left, the client closes, or the timeout passes. */
     joined(timeoutMs?: number): Promise<this>;
 
-    on(event: "open" | "close", listener: (this: Room) => void): this;
+    on(event: "open", listener: (this: Room) => void): this;
+    on(event: "close", listener: (this: Room, info: CloseInfo) => void): this;
     on(event: "new_member" | "member_left", listener: (this: Room, memberId: string) => void): this;
     on(event: "error", listener: (this: Room, error: Error) => void): this;
     on(event: string, listener: MessageListener): this;
-    addListener(event: "open" | "close", listener: (this: Room) => void): this;
+    addListener(event: "open", listener: (this: Room) => void): this;
+    addListener(event: "close", listener: (this: Room, info: CloseInfo) => void): this;
     addListener(event: "new_member" | "member_left", listener: (this: Room, memberId: string) => void): this;
     addListener(event: "error", listener: (this: Room, error: Error) => void): this;
     addListener(event: string, listener: MessageListener): this;
-    once(event: "open" | "close", listener: (this: Room) => void): this;
+    once(event: "open", listener: (this: Room) => void): this;
+    once(event: "close", listener: (this: Room, info: CloseInfo) => void): this;
     once(event: "new_member" | "member_left", listener: (this: Room, memberId: string) => void): this;
     once(event: "error", listener: (this: Room, error: Error) => void): this;
     once(event: string, listener: MessageListener): this;
@@ -201,25 +256,44 @@ export interface RootRoom extends Room {
     rooms(): Readonly<Record<string, Room>>;
     /** Whether the current connection uses the `trioroom.v1` extension. */
     extended(): boolean;
+    /** Where the connection is; a `state` event tells each change. */
+    readonly state: ConnectionState;
 
-    on(event: "open" | "close", listener: (this: Room) => void): this;
-    on(event: "new_member" | "member_left", listener: (this: Room, memberId: string) => void): this;
-    on(event: "error", listener: (this: Room, error: Error) => void): this;
-    on(event: "reconnecting", listener: (this: Room, attempt: number, delayMs: number) => void): this;
-    on(event: "reconnect_failed", listener: (this: Room, attempts: number) => void): this;
-    on(event: "resumed", listener: (this: Room, replayed: number) => void): this;
-    on(event: "resume_failed", listener: (this: Room, reason: ResumeFailure) => void): this;
+    on(event: "open", listener: (this: RootRoom) => void): this;
+    on(event: "close", listener: (this: RootRoom, info: CloseInfo) => void): this;
+    on(event: "new_member" | "member_left", listener: (this: RootRoom, memberId: string) => void): this;
+    on(event: "error", listener: (this: RootRoom, error: Error) => void): this;
+    on(event: "state", listener: (this: RootRoom, state: ConnectionState, previous: ConnectionState) => void): this;
+    on(event: "reconnecting", listener: (this: RootRoom, attempt: number, delayMs: number) => void): this;
+    on(event: "reconnect_failed", listener: (this: RootRoom, attempts: number) => void): this;
+    on(event: "resumed", listener: (this: RootRoom, replayed: number) => void): this;
+    on(event: "resume_failed", listener: (this: RootRoom, reason: ResumeFailure) => void): this;
     on(event: string, listener: MessageListener): this;
-    once(event: "open" | "close", listener: (this: Room) => void): this;
-    once(event: "new_member" | "member_left", listener: (this: Room, memberId: string) => void): this;
-    once(event: "error", listener: (this: Room, error: Error) => void): this;
-    once(event: "reconnecting", listener: (this: Room, attempt: number, delayMs: number) => void): this;
-    once(event: "reconnect_failed", listener: (this: Room, attempts: number) => void): this;
-    once(event: "resumed", listener: (this: Room, replayed: number) => void): this;
-    once(event: "resume_failed", listener: (this: Room, reason: ResumeFailure) => void): this;
+    addListener(event: "open", listener: (this: RootRoom) => void): this;
+    addListener(event: "close", listener: (this: RootRoom, info: CloseInfo) => void): this;
+    addListener(event: "new_member" | "member_left", listener: (this: RootRoom, memberId: string) => void): this;
+    addListener(event: "error", listener: (this: RootRoom, error: Error) => void): this;
+    addListener(event: "state", listener: (this: RootRoom, state: ConnectionState, previous: ConnectionState) => void): this;
+    addListener(event: "reconnecting", listener: (this: RootRoom, attempt: number, delayMs: number) => void): this;
+    addListener(event: "reconnect_failed", listener: (this: RootRoom, attempts: number) => void): this;
+    addListener(event: "resumed", listener: (this: RootRoom, replayed: number) => void): this;
+    addListener(event: "resume_failed", listener: (this: RootRoom, reason: ResumeFailure) => void): this;
+    addListener(event: string, listener: MessageListener): this;
+    once(event: "open", listener: (this: RootRoom) => void): this;
+    once(event: "close", listener: (this: RootRoom, info: CloseInfo) => void): this;
+    once(event: "new_member" | "member_left", listener: (this: RootRoom, memberId: string) => void): this;
+    once(event: "error", listener: (this: RootRoom, error: Error) => void): this;
+    once(event: "state", listener: (this: RootRoom, state: ConnectionState, previous: ConnectionState) => void): this;
+    once(event: "reconnecting", listener: (this: RootRoom, attempt: number, delayMs: number) => void): this;
+    once(event: "reconnect_failed", listener: (this: RootRoom, attempts: number) => void): this;
+    once(event: "resumed", listener: (this: RootRoom, replayed: number) => void): this;
+    once(event: "resume_failed", listener: (this: RootRoom, reason: ResumeFailure) => void): this;
     once(event: string, listener: MessageListener): this;
 }
 
+/** Returns the URL to connect to; called before every attempt (e.g. to renew a token in the query string). */
+export type UrlFunction = () => string | URL | PromiseLike<string | URL>;
+
 /** Connect to a trioroom (or wsrooms) server and return the root room. */
-export declare function trioroom(url: string | URL, options?: TrioroomOptions): RootRoom;
+export declare function trioroom(url: string | URL | UrlFunction, options?: TrioroomOptions): RootRoom;
 export default trioroom;

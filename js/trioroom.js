@@ -41,7 +41,19 @@ export const LOCAL_EVENTS = Object.freeze([
     "reconnect_failed",
     "resumed",
     "resume_failed",
+    "state",
 ]);
+
+/** The values of `root.state`, in the order a connection usually walks through them. */
+export const STATES = Object.freeze(["connecting", "open", "suspended", "reconnecting", "closed"]);
+
+/**
+ * Close codes that end the client instead of reconnecting, unless the
+ * option `reconnectAfterKick` is true: a kick (4000), a policy violation
+ * (1008: rate limit, malformed frames, ...) and a message too big (1009).
+ * Coming back at once would only repeat what got the client closed.
+ */
+export const KICK_CLOSE_CODES = Object.freeze([4000, 1008, 1009]);
 
 /** Event names `send` refuses: the protocol's reserved names and the local ones. */
 export const REFUSED_EVENTS = Object.freeze(Array.from(new Set(RESERVED_EVENTS.concat(LOCAL_EVENTS))));
@@ -57,8 +69,19 @@ export const EXTENSION_DEFAULTS = Object.freeze({
     extension: true,
     ackEvery: 64,
     ackInterval: 5000,
-    requestTimeout: 10000,
+    requestTimeout: 30000,
 });
+
+/** Defaults of the connection options of {@link trioroom}. */
+export const CONNECTION_DEFAULTS = Object.freeze({
+    connectTimeout: 10000,
+    reconnectResetAfter: 5000,
+    reconnectAfterKick: false,
+    offlineQueue: false,
+});
+
+/** Bounds of the offline queue when `offlineQueue` is `true`. */
+export const OFFLINE_QUEUE_DEFAULTS = Object.freeze({ maxMessages: 100, maxBytes: 1024 * 1024 });
 
 const SESSION = "trioroom.session";
 const RESUMED = "trioroom.resumed";
@@ -174,7 +197,9 @@ export class Reply extends Uint8Array {
  * or `await root.ready()` before sending. Rooms can be joined at once; the
  * `join` goes out when the root is open.
  *
- * @param {string | URL} url e.g. `"ws://127.0.0.1:8080/ws"`
+ * @param {string | URL | (() => string | URL | Promise<string | URL>)} url e.g. `"ws://127.0.0.1:8080/ws"`,
+ *     or a function returning it (or a promise of it), called before every attempt: a
+ *     token in the query string can be renewed (the resume parameters are added to its result)
  * @param {object} [options]
  * @param {Function} [options.WebSocket] WebSocket constructor; default `globalThis.WebSocket`
  *     (Node 20 has none: pass `WebSocket` from the `ws` package)
@@ -182,7 +207,15 @@ export class Reply extends Uint8Array {
  * @param {boolean} [options.extension=true] offer the `trioroom.v1` extension; false speaks the plain protocol only
  * @param {number} [options.ackEvery=64] acknowledge after this many frames (extension)
  * @param {number} [options.ackInterval=5000] and at least this often, ms (extension)
- * @param {number} [options.requestTimeout=10000] default timeout of `request()`, ms
+ * @param {number} [options.requestTimeout=30000] default timeout of `request()`, ms (the server's is 30 s)
+ * @param {number} [options.connectTimeout=10000] each attempt must open the root (or resume) within this, ms
+ * @param {number} [options.reconnectResetAfter=5000] the attempt count starts over once a
+ *     connection has stayed open this long, ms
+ * @param {boolean} [options.reconnectAfterKick=false] reconnect after a kick (4000) or a
+ *     policy close (1008, 1009) too; by default these end the client
+ * @param {boolean | {maxMessages?: number, maxBytes?: number}} [options.offlineQueue=false]
+ *     keep `send` and `request` calls made while (re)connecting and send them in order
+ *     once open; bounded (true: 100 messages, 1 MiB), a call over the bound throws
  * @param {boolean} [options.reconnect=true] reconnect after the connection drops
  * @param {number} [options.reconnectDelay=500] ms before the first reconnect attempt
  * @param {number} [options.reconnectMaxDelay=10000] ceiling of the doubling delay, ms
@@ -192,8 +225,8 @@ export class Reply extends Uint8Array {
  * @throws {TypeError} for a bad argument or when no WebSocket implementation is available
  */
 export function trioroom(url, options = {}) {
-    if (typeof url !== "string" && !(typeof URL === "function" && url instanceof URL)) {
-        throw new TypeError("url must be a string or a URL, got " + describe(url));
+    if (typeof url !== "function" && !isUrl(url)) {
+        throw new TypeError("url must be a string, a URL or a function returning one, got " + describe(url));
     }
     if (options === null || typeof options !== "object") {
         throw new TypeError("options must be an object, got " + describe(options));
@@ -207,7 +240,64 @@ export function trioroom(url, options = {}) {
     }
     const extension = extensionOptions(options);
     const protocols = handshakeProtocols(options.protocols, extension.extension);
-    return createClient(String(url), WebSocketImpl, protocols, reconnectOptions(options), extension);
+    const settings = Object.assign(reconnectOptions(options), connectionOptions(options));
+    return createClient(typeof url === "function" ? url : String(url), WebSocketImpl, protocols, settings, extension);
+}
+
+function isUrl(value) {
+    return typeof value === "string" || (typeof URL === "function" && value instanceof URL);
+}
+
+/** Check and complete the connection options. */
+function connectionOptions(options) {
+    const merged = Object.assign({}, CONNECTION_DEFAULTS);
+    Object.keys(CONNECTION_DEFAULTS).forEach(function (name) {
+        if (options[name] !== undefined) {
+            merged[name] = options[name];
+        }
+    });
+    checkTimeout(merged.connectTimeout, "option connectTimeout");
+    checkTimeout(merged.reconnectResetAfter, "option reconnectResetAfter");
+    if (typeof merged.reconnectAfterKick !== "boolean") {
+        throw new TypeError("option reconnectAfterKick must be a boolean");
+    }
+    const queue = merged.offlineQueue;
+    if (queue === false) {
+        merged.offlineQueue = null;
+    } else if (queue === true) {
+        merged.offlineQueue = Object.assign({}, OFFLINE_QUEUE_DEFAULTS);
+    } else if (queue !== null && typeof queue === "object") {
+        const bounds = Object.assign({}, OFFLINE_QUEUE_DEFAULTS);
+        ["maxMessages", "maxBytes"].forEach(function (name) {
+            if (queue[name] !== undefined) {
+                if (!(Number.isInteger(queue[name]) && queue[name] >= 1)) {
+                    throw new RangeError("option offlineQueue." + name + " must be an integer >= 1");
+                }
+                bounds[name] = queue[name];
+            }
+        });
+        merged.offlineQueue = bounds;
+    } else {
+        throw new TypeError("option offlineQueue must be a boolean or {maxMessages, maxBytes}, got " + describe(queue));
+    }
+    return merged;
+}
+
+/**
+ * Whether `value` is well-formed UTF-16 (no lone surrogate): only such a
+ * string has a UTF-8 encoding; the encoder would put U+FFFD in its place.
+ */
+function isWellFormed(value) {
+    if (typeof value.isWellFormed === "function") {
+        return value.isWellFormed();
+    }
+    return !/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/.test(value);
+}
+
+function checkWellFormed(value, what) {
+    if (!isWellFormed(value)) {
+        throw new TypeError(what + " " + JSON.stringify(value) + " is not well-formed UTF-16 (it has a lone surrogate)");
+    }
 }
 
 export default trioroom;
@@ -291,6 +381,22 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
     let failedAttempts = 0;
     let reconnectTimer = null;
     let closedError = null;
+    /** What `root.state` says; see STATES. */
+    let clientState = "connecting";
+    let everOpened = false;
+    /** Counts connection attempts: the timers and URL promises of an older one are ignored. */
+    let attempt = 0;
+    /** The connect timeout of the current attempt. */
+    let attemptTimer = null;
+    /** Starts the attempt count over once the connection has stayed up. */
+    let stableTimer = null;
+    /** Counts sockets: a request knows on which one it went out. */
+    let socketGeneration = 0;
+    /** The offline queue: {state, bytes, request} in call order, and its size in bytes. */
+    const queue = [];
+    let queuedBytes = 0;
+    /** Messages of errors already reported on the console (no `error` listener). */
+    const reportedErrors = new Set();
 
     // The trioroom.v1 extension.
     /** The current socket negotiated the extension. */
@@ -303,6 +409,12 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
     let ackTimer = null;
     /** The socket dropped; the session waits for a resume (the current socket, if any, asks for it). */
     let suspended = false;
+    /** Ends the suspension once the session's resume_window has passed. */
+    let resumeTimer = null;
+    /** How the socket of the suspended session closed: {code, reason}. */
+    let lostWith = null;
+    /** After a resume, the probe is out: the offline queue waits for its answer. */
+    let awaitingProbe = false;
     let lastRef = 0;
     /** Requests waiting for their answer, by ref. */
     const requests = new Map();
@@ -317,23 +429,65 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
     }
 
     function openSocket({ throwOnFailure }) {
+        attempt += 1;
+        const current = attempt;
+        startAttemptTimer(current);
+        if (typeof url !== "function") {
+            connectTo(url, throwOnFailure);
+            return;
+        }
+        let produced;
+        try {
+            produced = url();
+        } catch (error) {
+            attemptFailed(asError(error, "the URL function threw"));
+            return;
+        }
+        if (produced !== null && typeof produced === "object" && typeof produced.then === "function") {
+            Promise.resolve(produced).then(
+                function (value) {
+                    if (current === attempt && closedError === null) {
+                        connectTo(value, false);
+                    }
+                },
+                function (error) {
+                    if (current === attempt && closedError === null) {
+                        attemptFailed(asError(error, "the URL function's promise was rejected"));
+                    }
+                },
+            );
+            return;
+        }
+        connectTo(produced, false);
+    }
+
+    function asError(value, what) {
+        return value instanceof Error ? value : new Error(what + ": " + describe(value), { cause: value });
+    }
+
+    function connectTo(address, throwOnFailure) {
+        if (!isUrl(address)) {
+            attemptFailed(new TypeError("the URL function must return a string or a URL, got " + describe(address)));
+            return;
+        }
         const resume = suspended && session !== null;
-        const target = resume ? resumeUrl(url, session.token, received) : url;
+        const target = resume ? resumeUrl(String(address), session.token, received) : String(address);
         let candidate;
         try {
             candidate = protocols === undefined ? new WebSocketImpl(target) : new WebSocketImpl(target, protocols);
         } catch (error) {
             // A bad URL is the caller's mistake: say so at once rather than retry forever.
             if (throwOnFailure) {
+                clearAttemptTimer();
                 throw error;
             }
-            reportError(rootState, error);
-            scheduleReconnect();
+            attemptFailed(error);
             return;
         }
         if (!resume) {
             epoch += 1;
         }
+        socketGeneration += 1;
         socket = candidate;
         extended = false;
         candidate.binaryType = "arraybuffer";
@@ -350,7 +504,9 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
         });
         candidate.addEventListener("close", function (event) {
             if (isCurrent()) {
-                onSocketClose(event);
+                const code = event !== null && typeof event === "object" && typeof event.code === "number" ? event.code : 1006;
+                const reason = event !== null && typeof event === "object" && typeof event.reason === "string" ? event.reason : "";
+                handleClose(code, reason);
             }
         });
         candidate.addEventListener("error", function (event) {
@@ -361,6 +517,56 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
                 reportError(rootState, new Error("WebSocket error" + detail, { cause: event }));
             }
         });
+    }
+
+    /** Every attempt must open the root, or resume, within `connectTimeout`. */
+    function startAttemptTimer(current) {
+        clearAttemptTimer();
+        if (settings.connectTimeout === Infinity) {
+            return;
+        }
+        attemptTimer = setTimeout(function () {
+            attemptTimer = null;
+            if (current === attempt && closedError === null) {
+                attemptFailed(new TimeoutError(
+                    "no connection within " + settings.connectTimeout + " ms (option connectTimeout)",
+                ));
+            }
+        }, settings.connectTimeout);
+    }
+
+    function clearAttemptTimer() {
+        if (attemptTimer !== null) {
+            clearTimeout(attemptTimer);
+            attemptTimer = null;
+        }
+    }
+
+    /** Drop the current socket, if any, without waiting for it. */
+    function abandonSocket() {
+        const abandoned = socket;
+        socket = null;
+        extended = false;
+        if (abandoned !== null && abandoned.readyState < WS_CLOSING) {
+            try {
+                // ws can drop a socket without a close frame, which would end a resumable session.
+                if (typeof abandoned.terminate === "function") {
+                    abandoned.terminate();
+                } else {
+                    abandoned.close();
+                }
+            } catch {
+                // Already gone.
+            }
+        }
+    }
+
+    /** The current attempt failed before the root opened: as if its socket dropped. */
+    function attemptFailed(error) {
+        attempt += 1;
+        abandonSocket();
+        reportError(rootState, error);
+        handleClose(1006, error.message);
     }
 
     function onSocketOpen(candidate) {
@@ -473,7 +679,6 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
         state.joinPending = false;
         if (state === rootState) {
             clientId = frame.src;
-            failedAttempts = 0;
         }
         // A leave is on its way; its leave_ack closes the room.
         if (!state.wanted) {
@@ -487,7 +692,10 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
         state.members = wasOpen ? mergeMembers(state.members, members) : members;
         state.isOpen = true;
         if (state === rootState) {
+            connectionUp();
             rooms.forEach(sendJoinIfConnected);
+            // After the joins: the server handles frames in order.
+            flushQueue();
         }
         if (!wasOpen) {
             state.emitter.emit("open");
@@ -616,7 +824,8 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
         const body = readJson(frame) || {};
         const replayed = typeof body.replayed === "number" ? body.replayed : 0;
         suspended = false;
-        failedAttempts = 0;
+        stopResumeTimer();
+        connectionUp();
         // The server took `last` as an acknowledgement.
         acked = received;
         startAckTimer();
@@ -636,6 +845,10 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
                 sendLeave(state);
             }
         });
+        sendProbe();
+        if (!awaitingProbe) {
+            flushQueue();
+        }
         rootState.emitter.emit("resumed", replayed);
         rooms.forEach(function (state) {
             if (state.isOpen && state.wanted) {
@@ -646,7 +859,61 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
 
     function onNotResumed(frame) {
         const body = readJson(frame) || {};
-        endSession(typeof body.reason === "string" ? body.reason : "unknown");
+        const reason = typeof body.reason === "string" ? body.reason : "unknown";
+        if (reason === "kicked" && !settings.reconnectAfterKick) {
+            // Removed by the server while away: do not come back as someone new.
+            const closing = socket;
+            socket = null;
+            if (closing !== null && closing.readyState < WS_CLOSING) {
+                closing.close(1000, "");
+            }
+            rootState.emitter.emit("resume_failed", reason);
+            rejectRequests("disconnected", "the session was kicked before the answer");
+            shutdown(new Error("kicked by the server while disconnected"), {
+                code: 4000,
+                reason: "kicked while disconnected",
+                willReconnect: false,
+            });
+            return;
+        }
+        endSession(reason);
+    }
+
+    /**
+     * After a resume: requests written on the lost socket may not have
+     * reached the server. It answers in order, and what it sent before the
+     * resume comes first, so once this probe (a request to leave the room
+     * "", which no client is in) is answered, a request still unanswered
+     * was never received: it goes again, once. As in the Python client.
+     */
+    function sendProbe() {
+        requests.forEach(function (pending, ref) {
+            if (pending.kind === "probe") {
+                requests.delete(ref);
+            }
+        });
+        awaitingProbe = false;
+        const missed = Array.from(requests.values()).some(function (pending) {
+            return pending.written !== null && pending.written < socketGeneration;
+        });
+        if (!missed) {
+            return;
+        }
+        const ref = String(++lastRef);
+        requests.set(ref, { kind: "probe", generation: socketGeneration, timer: null });
+        awaitingProbe = true;
+        sendFrame({ room: "", event: "leave", dst: "", src: "?" + ref, payload: "" });
+    }
+
+    function onProbeAnswered(probe) {
+        awaitingProbe = false;
+        requests.forEach(function (pending) {
+            if (pending.kind === "request" && pending.written !== null && pending.written < probe.generation) {
+                pending.written = socketGeneration;
+                socket.send(pending.bytes);
+            }
+        });
+        flushQueue();
     }
 
     /**
@@ -656,12 +923,16 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
      */
     function endSession(reason) {
         suspended = false;
+        stopResumeTimer();
         session = null;
         received = 0;
         acked = 0;
         epoch += 1;
+        const lost = lostWith === null ? { code: 1006, reason: "" } : lostWith;
+        lostWith = null;
+        setState(everOpened ? "reconnecting" : "connecting");
         rootState.emitter.emit("resume_failed", reason);
-        connectionLost();
+        connectionLost({ code: lost.code, reason: lost.reason, willReconnect: true });
     }
 
     /** A `trioroom.reply` or `trioroom.error` from the server. */
@@ -680,6 +951,10 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
             requests.delete(ref);
             if (pending.timer !== null) {
                 clearTimeout(pending.timer);
+            }
+            if (pending.kind === "probe") {
+                onProbeAnswered(pending);
+                return;
             }
         }
         if (frame.event === REPLY) {
@@ -706,7 +981,7 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
             state.joinPending = false;
             reportError(state, error);
             if (!state.isOpen) {
-                finalizeLeft(state, error);
+                finalizeLeft(state, error, { code: 1000, reason: error.code, willReconnect: false });
             }
             return;
         }
@@ -733,8 +1008,9 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
     }
 
     function rejectRequests(code, message) {
-        const pending = Array.from(requests.values());
+        const pending = Array.from(requests.values()).filter((request) => request.kind === "request");
         requests.clear();
+        awaitingProbe = false;
         pending.forEach(function (request) {
             if (request.timer !== null) {
                 clearTimeout(request.timer);
@@ -745,14 +1021,99 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
 
     // -- connection state --------------------------------------------------------
 
-    function onSocketClose(event) {
+    function setState(next) {
+        if (next === clientState) {
+            return;
+        }
+        const previous = clientState;
+        clientState = next;
+        rootState.emitter.emit("state", next, previous);
+    }
+
+    /** The root is open (a join_ack or a resume): the attempt succeeded. */
+    function connectionUp() {
+        clearAttemptTimer();
+        everOpened = true;
+        stopStableTimer();
+        if (failedAttempts > 0) {
+            // Not at once: a server that accepts and drops again must not reset the backoff.
+            stableTimer = setTimeout(function () {
+                stableTimer = null;
+                failedAttempts = 0;
+            }, settings.reconnectResetAfter);
+            unrefTimer(stableTimer);
+        }
+        setState("open");
+    }
+
+    function stopStableTimer() {
+        if (stableTimer !== null) {
+            clearTimeout(stableTimer);
+            stableTimer = null;
+        }
+    }
+
+    function unrefTimer(timer) {
+        // The socket keeps a Node process alive, not this timer.
+        if (typeof timer === "object" && timer !== null && typeof timer.unref === "function") {
+            timer.unref();
+        }
+    }
+
+    /** The session waits for a resume no longer than the server keeps it. */
+    function startResumeTimer() {
+        stopResumeTimer();
+        resumeTimer = setTimeout(function () {
+            resumeTimer = null;
+            if (!suspended || closedError !== null) {
+                return;
+            }
+            // An attempt in progress would ask for a session the server no longer keeps.
+            attempt += 1;
+            clearAttemptTimer();
+            const inProgress = socket !== null;
+            abandonSocket();
+            endSession("expired");
+            if (inProgress || reconnectTimer === null) {
+                scheduleReconnect();
+            }
+        }, session.resumeWindow * 1000);
+    }
+
+    function stopResumeTimer() {
+        if (resumeTimer !== null) {
+            clearTimeout(resumeTimer);
+            resumeTimer = null;
+        }
+    }
+
+    /** The socket closed, or the attempt failed (1006). */
+    function handleClose(code, reason) {
         socket = null;
         extended = false;
         stopAckTimer();
-        const code = event !== null && typeof event === "object" && typeof event.code === "number" ? event.code : 1006;
-        if (session !== null && settings.reconnect && closedError === null && RESUMABLE_CLOSE_CODES.includes(code)) {
+        clearAttemptTimer();
+        stopStableTimer();
+        if (closedError !== null) {
+            return;
+        }
+        const kicked = KICK_CLOSE_CODES.includes(code) && !settings.reconnectAfterKick;
+        if (kicked || !settings.reconnect) {
+            rejectRequests("disconnected", "the connection was lost before the answer");
+            const why = kicked
+                ? "the server closed the connection with " + code + (reason === "" ? "" : " (" + reason + ")")
+                : "the connection closed and reconnect is off";
+            shutdown(new Error(why), { code, reason, willReconnect: false });
+            return;
+        }
+        if (session !== null && session.resumeWindow > 0 && RESUMABLE_CLOSE_CODES.includes(code)) {
             // The server keeps the session for a while: resume it, same ID and rooms.
-            suspended = true;
+            if (!suspended) {
+                suspended = true;
+                lostWith = { code, reason };
+                startResumeTimer();
+            }
+            setState("suspended");
             scheduleReconnect();
             return;
         }
@@ -761,20 +1122,14 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
             endSession("closed");
         } else {
             session = null;
-            connectionLost();
-        }
-        if (closedError !== null) {
-            return;
-        }
-        if (!settings.reconnect) {
-            shutdown(new Error("the connection closed and reconnect is off"));
-            return;
+            setState(everOpened ? "reconnecting" : "connecting");
+            connectionLost({ code, reason, willReconnect: failedAttempts < settings.maxReconnectAttempts });
         }
         scheduleReconnect();
     }
 
     /** The server forgot this connection: every room closes (to be joined again). */
-    function connectionLost() {
+    function connectionLost(info) {
         rejectRequests("disconnected", "the connection was lost before the answer");
         rooms.forEach(function (state) {
             state.pendingLeaves = 0;
@@ -788,7 +1143,7 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
                 // The server dropped the membership with the connection.
                 finalizeLeft(state, new Error("left room '" + state.name + "'"));
             } else {
-                markClosed(state);
+                markClosed(state, info);
             }
         });
     }
@@ -812,41 +1167,130 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
         rootState.emitter.emit("reconnecting", failedAttempts, delay);
     }
 
-    /** Stop for good: no socket, no reconnect, every room closed, every waiter rejected. */
-    function shutdown(error) {
+    /**
+     * Stop for good: no socket, no reconnect, every room closed (with
+     * `info` for its `close` event), every waiter rejected.
+     */
+    function shutdown(error, info) {
         if (closedError !== null) {
             return;
         }
         closedError = error;
         session = null;
         suspended = false;
+        lostWith = null;
         stopAckTimer();
+        clearAttemptTimer();
+        stopStableTimer();
+        stopResumeTimer();
+        attempt += 1;
         if (reconnectTimer !== null) {
             clearTimeout(reconnectTimer);
             reconnectTimer = null;
         }
         rejectRequests("closed", error.message);
+        dropQueue(error.message);
+        setState("closed");
+        const closeInfo = info === undefined ? { code: 1006, reason: error.message, willReconnect: false } : info;
         Array.from(rooms.values()).reverse().forEach(function (state) {
             if (state === rootState) {
-                markClosed(state);
+                markClosed(state, closeInfo);
                 settleWaiters(state, error);
             } else {
-                finalizeLeft(state, error);
+                finalizeLeft(state, error, closeInfo);
             }
         });
     }
 
-    function markClosed(state) {
+    function markClosed(state, info) {
         const wasOpen = state.isOpen;
         state.isOpen = false;
         state.members = [];
         state.id = "";
         if (wasOpen) {
-            state.emitter.emit("close");
+            state.emitter.emit("close", Object.freeze(Object.assign({}, info)));
         }
     }
 
-    function finalizeLeft(state, error) {
+    // -- the offline queue --------------------------------------------------------
+
+    /** Whether a `send` or `request` on `state` goes to the offline queue. */
+    function queues(state) {
+        return (
+            settings.offlineQueue !== null &&
+            closedError === null &&
+            state.wanted &&
+            // While (re)connecting, or while older calls wait (a resume's probe): in order.
+            (clientState !== "open" || queue.length > 0)
+        );
+    }
+
+    function enqueue(entry) {
+        const bounds = settings.offlineQueue;
+        if (queue.length + 1 > bounds.maxMessages || queuedBytes + entry.bytes.byteLength > bounds.maxBytes) {
+            throw new RangeError(
+                "the offline queue is full (" + queue.length + " messages, " + queuedBytes + " bytes; " +
+                    "option offlineQueue allows " + bounds.maxMessages + " messages, " + bounds.maxBytes + " bytes)",
+            );
+        }
+        queue.push(entry);
+        queuedBytes += entry.bytes.byteLength;
+    }
+
+    function unqueue(entry) {
+        const index = queue.indexOf(entry);
+        if (index !== -1) {
+            queue.splice(index, 1);
+            queuedBytes -= entry.bytes.byteLength;
+        }
+    }
+
+    /** Send what the offline queue holds, in order, once the connection is open. */
+    function flushQueue() {
+        if (queue.length === 0 || awaitingProbe || !connected()) {
+            return;
+        }
+        const entries = queue.splice(0);
+        queuedBytes = 0;
+        entries.forEach(function (entry) {
+            const pending = entry.request;
+            if (!entry.state.wanted) {
+                if (pending !== null) {
+                    clearTimeout(pending.timer);
+                    pending.reject(new RequestError("not_open", "room '" + entry.state.name + "' was left", pending));
+                }
+                return;
+            }
+            if (pending !== null) {
+                if (!extended) {
+                    clearTimeout(pending.timer);
+                    pending.reject(new RequestError(
+                        "unsupported",
+                        "requests need the " + EXTENSION_PROTOCOL + " extension, which this connection does not use",
+                        pending,
+                    ));
+                    return;
+                }
+                pending.queued = null;
+                pending.written = socketGeneration;
+                requests.set(pending.ref, pending);
+            }
+            socket.send(entry.bytes);
+        });
+    }
+
+    function dropQueue(message) {
+        const entries = queue.splice(0);
+        queuedBytes = 0;
+        entries.forEach(function (entry) {
+            if (entry.request !== null) {
+                clearTimeout(entry.request.timer);
+                entry.request.reject(new RequestError("closed", message, entry.request));
+            }
+        });
+    }
+
+    function finalizeLeft(state, error, info = { code: 1000, reason: "left", willReconnect: false }) {
         state.wanted = false;
         state.pendingLeaves = 0;
         state.joinGeneration = 0;
@@ -855,7 +1299,7 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
         if (rooms.get(state.name) === state) {
             rooms.delete(state.name);
         }
-        markClosed(state);
+        markClosed(state, info);
         settleWaiters(state, error);
     }
 
@@ -925,14 +1369,23 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
     }
 
     /**
-     * Errors go to the room's `error` listeners, else the root's, else nowhere:
-     * a client must never throw from the socket's event handlers.
+     * Errors go to the room's `error` listeners, else the root's, else to
+     * the console (once per message): a client must never throw from the
+     * socket's event handlers, nor fail in silence.
      */
     function reportError(state, error) {
         if (state.emitter.listenerCount("error") > 0) {
             state.emitter.emit("error", error);
         } else if (state !== rootState && rootState.emitter.listenerCount("error") > 0) {
             rootState.emitter.emit("error", error);
+        } else {
+            const key = String(error && error.name) + ": " + String(error && error.message);
+            if (!reportedErrors.has(key) && reportedErrors.size < 100) {
+                reportedErrors.add(key);
+                if (typeof console !== "undefined" && typeof console.error === "function") {
+                    console.error("trioroom: an error with no 'error' listener (reported once):", error);
+                }
+            }
         }
     }
 
@@ -944,6 +1397,7 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
         if (typeof event !== "string") {
             throw new TypeError("event name must be a string, got " + describe(event));
         }
+        checkWellFormed(event, "event name");
         if (REFUSED_EVENTS.includes(event)) {
             throw new Error(
                 "cannot send event '" + event + "': the name is reserved (" + REFUSED_EVENTS.join(", ") + ")",
@@ -959,6 +1413,7 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
         if (typeof target !== "string") {
             throw new TypeError("dst must be a member ID string, got " + describe(dst));
         }
+        checkWellFormed(target, "dst");
         return target;
     }
 
@@ -1017,6 +1472,7 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
             if (typeof roomName !== "string") {
                 throw new TypeError("room name must be a string, got " + describe(roomName));
             }
+            checkWellFormed(roomName, "room name");
             if (closedError !== null) {
                 throw new Error("cannot join '" + roomName + "': the client is closed");
             }
@@ -1065,6 +1521,10 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
             checkEventName(event);
             const target = checkDestination(dst);
             const bytes = encodeFrame({ room: name, event, dst: target, src: state.id, payload });
+            if (queues(state)) {
+                enqueue({ state, bytes, request: null });
+                return room;
+            }
             if (!room.open()) {
                 throw new Error("cannot send on room '" + name + "': it is not open");
             }
@@ -1089,11 +1549,28 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
                 const ref = String(++lastRef);
                 const bytes = encodeFrame({ room: name, event, dst: target, src: "?" + ref, payload });
                 const details = { event, room: name };
-                if (!room.open()) {
+                const pending = {
+                    kind: "request",
+                    ref,
+                    bytes,
+                    resolve,
+                    reject,
+                    timer: null,
+                    event,
+                    room: name,
+                    // The socket it went out on (see sendProbe), or null while queued.
+                    written: null,
+                    queued: null,
+                };
+                if (queues(state)) {
+                    pending.queued = { state, bytes, request: pending };
+                    // Throws when full: the promise rejects.
+                    enqueue(pending.queued);
+                } else if (!room.open()) {
                     reject(new RequestError("not_open", "cannot send on room '" + name + "': it is not open", details));
                     return;
                 }
-                if (!extended) {
+                if (pending.queued === null && !extended) {
                     reject(new RequestError(
                         "unsupported",
                         "requests need the " + EXTENSION_PROTOCOL + " extension, which this connection does not use",
@@ -1101,18 +1578,23 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
                     ));
                     return;
                 }
-                const pending = { resolve, reject, timer: null, event, room: name };
                 if (timeout !== Infinity) {
                     pending.timer = setTimeout(function () {
                         requests.delete(ref);
+                        if (pending.queued !== null) {
+                            unqueue(pending.queued);
+                        }
                         const error = new TimeoutError("no answer to '" + event + "' within " + timeout + " ms");
                         error.event = event;
                         error.room = name;
                         reject(error);
                     }, timeout);
                 }
-                requests.set(ref, pending);
-                socket.send(bytes);
+                if (pending.queued === null) {
+                    requests.set(ref, pending);
+                    pending.written = socketGeneration;
+                    socket.send(bytes);
+                }
             });
         };
 
@@ -1173,7 +1655,7 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
                     return room;
                 }
                 const closing = socket;
-                shutdown(new Error("the client was closed"));
+                shutdown(new Error("the client was closed"), { code, reason, willReconnect: false });
                 socket = null;
                 if (closing !== null && closing.readyState < WS_CLOSING) {
                     closing.close(code, reason);
@@ -1199,6 +1681,14 @@ function createClient(url, WebSocketImpl, protocols, settings, ext) {
                 });
                 return Object.freeze(byName);
             };
+
+            /** "connecting", "open", "suspended", "reconnecting" or "closed"; `state` events tell each change. */
+            Object.defineProperty(room, "state", {
+                get() {
+                    return clientState;
+                },
+                enumerable: true,
+            });
 
             /** Whether the current connection uses the trioroom.v1 extension. */
             room.extended = function isExtended() {

@@ -1,15 +1,20 @@
 /**
  * UTF-8 helpers for trioroom payloads and frame fields.
  *
- * Decoding is done by hand so that the client works where `TextDecoder` is
- * missing (some embedded runtimes) and so that frame fields can be decoded
- * strictly: a room or member ID that is not valid UTF-8 makes a frame
- * malformed instead of silently turning into U+FFFD.
+ * `TextDecoder` decodes (every browser and Node has it, like the
+ * `TextEncoder` this module already needs). Strict decoding makes a room or
+ * member ID that is not valid UTF-8 a malformed frame instead of silently
+ * turning it into U+FFFD; the decoder written by hand below only runs to
+ * find the offset of the first invalid byte, or where `TextDecoder` is
+ * missing.
  *
  * @module trioroom/utf8
  */
 
 const encoder = new TextEncoder();
+// ignoreBOM: a leading BOM is a payload's data, kept as U+FEFF.
+const decoder = typeof TextDecoder === "function" ? new TextDecoder("utf-8", { ignoreBOM: true }) : null;
+const strictDecoder = typeof TextDecoder === "function" ? new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }) : null;
 const REPLACEMENT = 0xfffd;
 // String.fromCharCode.apply has an argument-count limit; decode in chunks below it.
 const CHUNK = 0x2000;
@@ -58,6 +63,21 @@ export function encodeUtf8(string) {
 export function decodeUtf8(bytes, options = {}) {
     const fatal = options.fatal === true;
     const input = toUint8Array(bytes);
+    const native = fatal ? strictDecoder : decoder;
+    if (native !== null && !(typeof SharedArrayBuffer === "function" && input.buffer instanceof SharedArrayBuffer)) {
+        try {
+            return native.decode(input);
+        } catch (error) {
+            if (!fatal) {
+                throw error;
+            }
+            // Invalid: the decoder by hand says at which byte.
+        }
+    }
+    return decodeByHand(input, fatal);
+}
+
+function decodeByHand(input, fatal) {
     const units = [];
     const parts = [];
     let needed = 0;

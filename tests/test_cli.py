@@ -193,6 +193,27 @@ async def test_serve_refuses_other_files_and_paths() -> None:
         assert (again.status, again.body, again.headers["etag"]) == (304, b"", etag)
 
 
+async def test_cors_origins_let_other_origins_import_the_js_client() -> None:
+    app = "http://app.example:3000"
+    async with serve_process("--cors-origins", app) as server:
+        allowed = await http_get(server.address, "/js/trioroom.js", {"Origin": app})
+        assert allowed.status == 200
+        assert allowed.headers["access-control-allow-origin"] == app
+        assert allowed.headers["vary"] == "Origin"
+        other = await http_get(server.address, "/js/codec.js", {"Origin": "http://evil.example"})
+        assert other.status == 200
+        assert "access-control-allow-origin" not in other.headers
+        # Only the client's files: not the health check or the demo page.
+        health = await http_get(server.address, "/healthz", {"Origin": app})
+        assert "access-control-allow-origin" not in health.headers
+    async with serve_process() as server:
+        default = await http_get(server.address, "/js/trioroom.js", {"Origin": app})
+        assert "access-control-allow-origin" not in default.headers
+    async with serve_process("--cors-origins", "*") as server:
+        anyone = await http_get(server.address, "/js/trioroom.js", {"Origin": "http://x.example"})
+        assert anyone.headers["access-control-allow-origin"] == "*"
+
+
 async def test_serve_without_demo_and_metrics() -> None:
     async with serve_process("--no-demo", "--metrics", "false") as server:
         for target in ["/", "/js/trioroom.js", "/demo/app.js", "/metrics"]:
@@ -290,6 +311,8 @@ def _non_default(name: str, default: object) -> tuple[str, object]:
         return "drop", "drop"
     if name == "allowed_origins":
         return "https://a.example, https://b.example", ("https://a.example", "https://b.example")
+    if name == "cors_origins":
+        return "https://c.example, *", ("https://c.example", "*")
     if name == "forwarded_allow_ips":  # no proxy (None) by default
         return "10.0.0.1, 192.168.0.0/16", ("10.0.0.1", "192.168.0.0/16")
     if name == "allowed_hosts":  # None: loopback names on a loopback server

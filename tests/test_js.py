@@ -29,8 +29,13 @@ UNIT_FILES = [
     "test/client.test.js",
     "test/extension.test.js",
     "test/types.test.js",
+    "test/package.test.js",
 ]
-INTEGRATION_FILES = ["test/integration.test.js", "test/extension-integration.test.js"]
+INTEGRATION_FILES = [
+    "test/integration.test.js",
+    "test/extension-integration.test.js",
+    "test/lifecycle.test.js",
+]
 BROWSER_FILES = ["test/browser.test.js"]
 
 

@@ -156,6 +156,13 @@ class Settings:
     )
     #: Accept every Origin (development only).
     allow_all_origins: bool = False
+    #: Page origins (e.g. ``"https://app.example.com"``) that may import the
+    #: JavaScript client from ``/js/`` across origins: those answers carry
+    #: ``Access-Control-Allow-Origin`` for them; ``*`` allows any page.
+    #: ``None``: no CORS header (same-origin pages only).
+    cors_origins: tuple[str, ...] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(tuple)
+    )
 
     # Health checks
     #: Answer 503 on ``/healthz`` while the backplane (Redis) is down. Off,

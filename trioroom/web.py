@@ -171,10 +171,27 @@ class WebApp:
             return self._count(await self._file(request, "/demo/", "index.html"))
         for prefix in self._files:
             if path.startswith(prefix):
-                return self._count(await self._file(request, prefix, path[len(prefix) :]))
+                response = await self._file(request, prefix, path[len(prefix) :])
+                if prefix == "/js/":
+                    self._allow_origin(request, response)
+                return self._count(response)
         if self.fallback is not None:
             return await self.fallback(request)
         return None
+
+    def _allow_origin(self, request: Request, response: Response) -> None:
+        """CORS for the JavaScript client: a page on an allowed origin may import it."""
+        allowed = self.server.settings.cors_origins
+        if not allowed:
+            return
+        if "*" in allowed:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+            return
+        # The answer depends on the Origin: caches must keep one per origin.
+        response.headers["Vary"] = "Origin"
+        origin = request.headers.get("Origin")
+        if origin is not None and origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
 
     def _count(self, response: Response) -> Response:
         self.server.metrics.http_responses[response.status_code] += 1

@@ -16,7 +16,7 @@ import { WebSocket } from "ws";
 
 import { trioroom } from "../trioroom.js";
 import { startProxy } from "./support/proxy.js";
-import { startServer } from "./support/server.js";
+import { EXT_SERVER_SCRIPT, startServer } from "./support/server.js";
 
 const JS_DIR = fileURLToPath(new URL("..", import.meta.url));
 const CHROMIUM = process.env.TRIOROOM_CHROMIUM || "/usr/bin/chromium";
@@ -203,4 +203,50 @@ test("a page whose connection is cut while messages flow resumes without losing 
     assert.equal((await page.locator("#me").textContent()).trim(), id, "the same ID");
     assert.ok(bobRoom.members().includes(id));
     assert.deepEqual(pageErrors, []);
+});
+
+/** A harness page (test/browser/harness.html) importing the client from `client` and connecting to `ws`. */
+async function openHarness(t, client, ws) {
+    const context = await browser.newContext();
+    t.after(() => context.close());
+    const page = await context.newPage();
+    const query = new URLSearchParams({ client, ws });
+    await page.goto(`http://127.0.0.1:${staticServer.address().port}/test/browser/harness.html?${query}`);
+    await page.locator("#status", { hasNotText: "loading" }).waitFor({ timeout: WAIT_MS });
+    return { page, status: (await page.locator("#status").textContent()).trim() };
+}
+
+test("a page on another origin imports the client from trioroom serve when --cors-origins allows it", { timeout: 120000 }, async function (t) {
+    const pageOrigin = "http://127.0.0.1:" + staticServer.address().port;
+    const allowing = await startServer({ extraArgs: ["--allowed-origins", pageOrigin, "--cors-origins", pageOrigin] });
+    t.after(() => allowing.stop());
+    const clientUrl = (server) => "http://127.0.0.1:" + server.port + "/js/trioroom.js";
+    const { status } = await openHarness(t, clientUrl(allowing), allowing.url);
+    assert.match(status, /^ready [0-9a-f-]{36}$/, status);
+
+    // Without the setting the browser refuses the module: no CORS header.
+    const { status: refused } = await openHarness(t, clientUrl(roomServer), roomServer.url);
+    assert.match(refused, /^failed: /, refused);
+});
+
+test("in Chromium: state walks open, suspended, open across a cut, and a kick ends the client for good", { timeout: 120000 }, async function (t) {
+    const pageOrigin = "http://127.0.0.1:" + staticServer.address().port;
+    const server = await startServer({ script: EXT_SERVER_SCRIPT, extraArgs: ["--allowed-origins", pageOrigin] });
+    t.after(() => server.stop());
+    const proxy = await startProxy(server.port);
+    t.after(() => proxy.close());
+    const { page, status } = await openHarness(t, "../../trioroom.js", proxy.url(server.url));
+    assert.match(status, /^ready /, status);
+
+    proxy.cut();
+    await page.waitForFunction(() => window.states.at(-1) === "open" && window.states.length >= 4, null, { timeout: WAIT_MS });
+    assert.deepEqual(await page.evaluate(() => window.states), ["connecting", "open", "suspended", "open"]);
+
+    await page.evaluate(() => window.root.request("kick").catch(() => {}));
+    await page.waitForFunction(() => window.states.at(-1) === "closed", null, { timeout: WAIT_MS });
+    assert.deepEqual(await page.evaluate(() => window.closes), [{ code: 4000, reason: "kicked", willReconnect: false }]);
+    const sockets = await page.evaluate(() => window.sockets.length);
+    await new Promise((resolve) => setTimeout(resolve, 5000));
+    assert.equal(await page.evaluate(() => window.sockets.length), sockets, "no reconnect within 5 s");
+    assert.equal(await page.evaluate(() => window.root.state), "closed");
 });

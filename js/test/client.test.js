@@ -347,7 +347,7 @@ describe("sending", function () {
         }
         assert.deepEqual(
             [...REFUSED_EVENTS].sort(),
-            ["close", "error", "join", "join_ack", "leave", "leave_ack", "member_left", "new_member", "open", "reconnect_failed", "reconnecting", "resume_failed", "resumed"],
+            ["close", "error", "join", "join_ack", "leave", "leave_ack", "member_left", "new_member", "open", "reconnect_failed", "reconnecting", "resume_failed", "resumed", "state"],
         );
         for (const event of ["trioroom.ack", "trioroom.reply", "trioroom.anything"]) {
             assert.throws(() => lobby.send(event, "x"), /reserved/, event);
@@ -670,19 +670,27 @@ describe("reconnecting", function () {
         await assert.rejects(root.ready(), /gave up reconnecting after 3 attempts/);
     });
 
-    test("the attempt count starts over once the root is open again", async function () {
-        const { root, sockets, welcome, nextSocket } = connect(fast);
+    test("the attempt count starts over only once a connection has stayed up for reconnectResetAfter", async function () {
+        const { root, sockets, welcome, nextSocket } = connect({ ...fast, reconnectResetAfter: 100 });
         welcome(A);
         const attempts = [];
         root.on("reconnecting", (attempt) => attempts.push(attempt));
-        for (let round = 0; round < 2; round += 1) {
+        async function flap() {
             const created = nextSocket();
             sockets.at(-1).drop();
             const fresh = await created;
             fresh.accept();
             welcome(B, [B], fresh);
         }
-        assert.deepEqual(attempts, [1, 1]);
+        // A server that accepts and drops at once: the backoff keeps growing.
+        await flap();
+        await flap();
+        await flap();
+        assert.deepEqual(attempts, [1, 2, 3]);
+        // Up for longer than reconnectResetAfter: the next drop starts over.
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        await flap();
+        assert.deepEqual(attempts, [1, 2, 3, 1]);
         root.close();
     });
 
@@ -730,5 +738,61 @@ describe("reconnecting", function () {
         await new Promise((resolve) => setTimeout(resolve, 20));
         assert.equal(sockets.length, 1);
         assert.equal(reconnecting, false);
+    });
+});
+
+describe("no silent failures", function () {
+    test("names that are not well-formed UTF-16 throw TypeError at the call", async function () {
+        const { root, welcome } = connect();
+        welcome(A);
+        assert.throws(() => root.join("bad\uD800"), TypeError);
+        assert.throws(() => root.join("\uDC00bad"), TypeError);
+        assert.throws(() => root.send("ev\uD83D", "x"), /not well-formed UTF-16/);
+        assert.throws(() => root.send("ev", "x", "dst\uDFFF"), TypeError);
+        await assert.rejects(root.request("ev\uD800"), TypeError);
+        // A well-formed pair is fine.
+        assert.equal(root.join("smile \uD83D\uDE00").name, "smile \uD83D\uDE00");
+        root.close();
+    });
+
+    test("an error with no listener goes to the console, once per message", function (t) {
+        const logged = [];
+        t.mock.method(console, "error", (...args) => logged.push(args));
+        const { root, socket, welcome } = connect();
+        welcome(A);
+        socket.deliver({ room: "root", event: "open", src: B });
+        socket.deliver({ room: "root", event: "open", src: B });
+        assert.equal(logged.length, 1);
+        assert.ok(logged[0].some((arg) => arg instanceof ProtocolError), "the error itself is logged");
+        // With a listener, the listener gets it and the console nothing.
+        const seen = [];
+        root.on("error", (error) => seen.push(error));
+        socket.deliver({ room: "root", event: "close", src: B });
+        assert.equal(seen.length, 1);
+        assert.equal(logged.length, 1);
+        root.close();
+    });
+});
+
+describe("connect timeout", function () {
+    test("an attempt that does not open the root within connectTimeout is dropped and retried", async function () {
+        const { FakeWebSocket, sockets, nextSocket } = fakeWebSocketClass();
+        const root = trioroom(URL_, { WebSocket: FakeWebSocket, connectTimeout: 20, reconnectDelay: 1, reconnectJitter: 0 });
+        const errors = [];
+        root.on("error", (error) => errors.push(error));
+        // The first socket never opens (black-holed); the second opens but never gets a join_ack.
+        const second = await nextSocket();
+        second.accept();
+        const third = await nextSocket();
+        assert.equal(sockets.length, 3);
+        assert.deepEqual(sockets[0].closeCalls.length + sockets[1].closeCalls.length, 2, "each abandoned socket is closed");
+        assert.ok(errors.length >= 2 && errors.every((error) => error instanceof TimeoutError), String(errors));
+        assert.equal(root.state, "connecting");
+        third.accept();
+        third.deliver({ room: "root", event: "join_ack", src: A, payload: memberList([A]) });
+        assert.equal(root.state, "open");
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        assert.equal(sockets.length, 3, "no timeout once open");
+        root.close();
     });
 });

@@ -272,6 +272,16 @@ describe("member payloads", function () {
         assert.throws(() => parseMemberList(new Uint8Array([0x5b, 0x22, 0xff, 0x22, 0x5d])), FrameError);
     });
 
+    test("parseMemberList takes linear time: 100,000 IDs do not block the thread for long", function () {
+        const ids = Array.from({ length: 100000 }, (_, index) => "00000000-0000-4000-8000-" + String(index).padStart(12, "0"));
+        const payload = Buffer.from(JSON.stringify(ids.concat(ids.slice(0, 10))));
+        const started = performance.now();
+        assert.deepEqual(parseMemberList(payload), ids);
+        // A quadratic parse takes about 15 s here; a linear one some 50 ms. The bound only catches the former.
+        const elapsed = performance.now() - started;
+        assert.ok(elapsed < 5000, "took " + Math.round(elapsed) + " ms");
+    });
+
     test("parseMemberId wants non-empty UTF-8", function () {
         assert.equal(parseMemberId(Buffer.from(A)), A);
         assert.throws(() => parseMemberId(new Uint8Array(0)), FrameError);

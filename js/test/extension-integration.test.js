@@ -330,8 +330,9 @@ describe("resumption through a proxy that cuts the connection", { timeout: TEST_
         const left = until(carolRoom, "member_left", () => !carolRoom.members().includes(oldId), "carol sees alice leave");
         const reopened = next(aliceRoom, "open", "alice's room open again");
         proxy.cut();
+        // The client's own window (0.3 s from the cut) ends the suspension; the server's is
+        // not waited for (its retry is 1.5 s away), so which side notices first does not matter.
         await left;
-        assert.deepEqual(order, [], "nothing yet: alice is still trying to resume");
         assert.deepEqual(await failed, ["expired"]);
         await reopened;
         assert.deepEqual(order, ["resume_failed expired", "room close", "room open"]);

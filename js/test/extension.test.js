@@ -234,7 +234,8 @@ describe("resumption", function () {
     });
 
     test("a resume after a heartbeat close (1011) too, but not after a close on purpose", async function () {
-        const { root, socket, sockets, nextSocket } = connect();
+        // With reconnectAfterKick, kicks and policy closes reconnect too (by default they end the client).
+        const { root, socket, sockets, nextSocket } = connect({ reconnectAfterKick: true });
         const fresh = await dropAndReconnect(socket, nextSocket, 1011);
         assert.match(fresh.url, /resume=/);
         fresh.accept(EXTENSION_PROTOCOL);
@@ -250,6 +251,25 @@ describe("resumption", function () {
         }
         assert.equal(closed.length, 5);
         root.close();
+    });
+
+    test("a kick or policy close ends the client by default: close says why, no reconnect", async function () {
+        for (const code of [4000, 1008, 1009]) {
+            const { root, socket, sockets, lobby } = connect();
+            const closes = [];
+            root.on("close", (info) => closes.push(["root", info]));
+            lobby.on("close", (info) => closes.push(["lobby", info]));
+            const states = [];
+            root.on("state", (state, previous) => states.push([previous, state]));
+            socket.dispatch("close", { type: "close", code, reason: "bye " + code });
+            const info = { code, reason: "bye " + code, willReconnect: false };
+            assert.deepEqual(closes, [["lobby", info], ["root", info]]);
+            assert.deepEqual(states, [["open", "closed"]]);
+            assert.equal(root.state, "closed");
+            await assert.rejects(root.ready(), new RegExp("closed the connection with " + code));
+            await sleep(20);
+            assert.equal(sockets.length, 1, "close code " + code + ": no reconnect");
+        }
     });
 
     test("a leave or join made while suspended goes out on resume; joins in flight are sent again", async function () {
@@ -450,6 +470,43 @@ describe("requests", function () {
         fresh.deliver({ room: "root", event: "trioroom.resumed", payload: JSON.stringify({ id: A, replayed: 1 }) });
         fresh.deliver({ room: "lobby", event: "trioroom.reply", dst: "?1", payload: "2" });
         assert.equal((await answer).json(), 2);
+        root.close();
+    });
+
+    test("after a resume a probe goes out; requests the server never got go again, once, before the offline queue", async function () {
+        const { root, socket, lobby, nextSocket } = connect({ offlineQueue: true });
+        const lost = lobby.request("add", "[1]", { timeout: 5000 });
+        const answered = lobby.request("add", "[2]", { timeout: 5000 });
+        const fresh = await dropAndReconnect(socket, nextSocket);
+        lobby.send("chat", "queued 1");
+        const queued = lobby.request("add", "[3]", { timeout: 5000 });
+        lobby.send("chat", "queued 2");
+        fresh.accept(EXTENSION_PROTOCOL);
+        fresh.deliver({ room: "root", event: "trioroom.resumed", payload: JSON.stringify({ id: A, replayed: 1 }) });
+        // The replay answers ?2; the probe is ?4 (a leave of the room "", which nobody is in).
+        fresh.deliver({ room: "lobby", event: "trioroom.reply", dst: "?2", payload: "2" });
+        assert.deepEqual(appFrames(fresh).map((frame) => [frame.room, frame.event, frame.src]), [["", "leave", "?4"]]);
+        lobby.send("chat", "after the resume");
+        assert.equal(appFrames(fresh).length, 1, "later calls wait behind the queue");
+        fresh.deliver({ room: "", event: "trioroom.error", dst: "?4", payload: '{"code":"not_a_member","message":"m","event":"leave"}' });
+        assert.deepEqual(
+            appFrames(fresh).slice(1).map((frame) => [frame.event, frame.src === "" || frame.src === A ? "" : frame.src, Buffer.from(frame.payload).toString()]),
+            [
+                ["add", "?1", "[1]"],
+                ["chat", "", "queued 1"],
+                ["add", "?3", "[3]"],
+                ["chat", "", "queued 2"],
+                ["chat", "", "after the resume"],
+            ],
+        );
+        fresh.deliver({ room: "lobby", event: "trioroom.reply", dst: "?1", payload: "1" });
+        fresh.deliver({ room: "lobby", event: "trioroom.reply", dst: "?3", payload: "3" });
+        assert.deepEqual([(await lost).json(), (await answered).json(), (await queued).json()], [1, 2, 3]);
+        // Another cut: nothing in flight, so no probe.
+        const third = await dropAndReconnect(fresh, nextSocket);
+        third.accept(EXTENSION_PROTOCOL);
+        third.deliver({ room: "root", event: "trioroom.resumed", payload: JSON.stringify({ id: A, replayed: 0 }) });
+        assert.deepEqual(appFrames(third), []);
         root.close();
     });
 });

@@ -10,6 +10,9 @@ Handlers (for requests, ``src="?<ref>"``):
   raises ``RequestError("nothing to add", "empty")`` for an empty list.
 * ``crash``: raises a ``KeyError`` (answered ``handler_error``, no text).
 * ``slow``: sleeps for the number of seconds in its payload, answers ``"done"``.
+* ``count``: counts its calls per payload (a key); answers ``{"calls": n}``.
+* ``calls``: answers ``{"calls": n}`` for the key in its payload, counting nothing.
+* ``kick``: answers ``"bye"`` and kicks the caller (``Server.kick``: 4000).
 
 ``authorize_join`` refuses the room ``vip``.
 """
@@ -27,7 +30,7 @@ import trio
 from trioroom import Connection, Message, RequestError, Server
 
 
-def create_server(args: argparse.Namespace) -> Server:
+def create_server(args: argparse.Namespace, nursery: trio.Nursery) -> Server:
     async def authorize_join(conn: Connection, room: str) -> bool:
         return room != "vip"
 
@@ -52,6 +55,22 @@ def create_server(args: argparse.Namespace) -> Server:
     async def crash(conn: Connection, msg: Message) -> None:
         raise KeyError("secret internals")
 
+    calls: dict[bytes, int] = {}
+
+    @server.on("count")
+    async def count(conn: Connection, msg: Message) -> Any:
+        calls[msg.payload] = calls.get(msg.payload, 0) + 1
+        return {"calls": calls[msg.payload]}
+
+    @server.on("calls")
+    async def read_calls(conn: Connection, msg: Message) -> Any:
+        return {"calls": calls.get(msg.payload, 0)}
+
+    @server.on("kick")
+    async def kick(conn: Connection, msg: Message) -> str:
+        nursery.start_soon(server.kick, conn.id)
+        return "bye"
+
     @server.on("slow")
     async def slow(conn: Connection, msg: Message) -> str:
         await trio.sleep(float(msg.payload or b"0"))
@@ -61,9 +80,9 @@ def create_server(args: argparse.Namespace) -> Server:
 
 
 async def main(args: argparse.Namespace) -> None:
-    server = create_server(args)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+            server = create_server(args, nursery)
             host, port = await nursery.start(server.serve, args.host, args.port)
             sys.stdout.write(f"trioroom serving on ws://{host}:{port}{server.settings.path}\n")
             sys.stdout.flush()
