@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, help="warm-up seconds per workload")
     p.add_argument("--fanout-sizes", help="comma-separated room sizes, e.g. 200,1000")
     p.add_argument("--fanout-window", type=int, help="fan-out messages in flight")
+    p.add_argument(
+        "--fanout-lag-window",
+        type=int,
+        help="fan-out: how far (messages) the sender may get ahead of the slowest receiver process",
+    )
     p.add_argument("--idle-conns", type=int, help="connections of the idle workload")
     p.add_argument(
         "--client",
@@ -98,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         s.fanout_sizes = [int(x) for x in args.fanout_sizes.split(",") if x.strip()]
     if args.fanout_window:
         s.fanout_window = args.fanout_window
+    if args.fanout_lag_window:
+        s.fanout_lag_window = args.fanout_lag_window
     if args.idle_conns:
         s.idle_conns = args.idle_conns
     if args.client:

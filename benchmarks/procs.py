@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,11 +359,15 @@ class Gen:
     cfg: dict[str, Any]
     logdir: Path
     tag: str
+    #: Called (on the reader thread) with each message as it arrives; a
+    #: message it returns True for is consumed, not queued for expect().
+    on_msg: Callable[[dict[str, Any]], bool] | None = None
     proc: subprocess.Popen[bytes] = field(init=False)
     msgs: queue.Queue[dict[str, Any] | None] = field(init=False)
 
     def __post_init__(self) -> None:
         self.msgs = queue.Queue()
+        self._send_lock = threading.Lock()
         self._stderr = open(self.logdir / f"{self.tag}.gen.log", "wb")
         env = dict(os.environ)
         env.pop("WS_NO_BUFFER_UTIL", None)
@@ -394,9 +398,12 @@ class Gen:
             if not line:
                 continue
             try:
-                self.msgs.put(json.loads(line))
+                msg = json.loads(line)
             except json.JSONDecodeError:
-                self.msgs.put({"type": "log", "text": line})
+                msg = {"type": "log", "text": line}
+            if self.on_msg is not None and self.on_msg(msg):
+                continue
+            self.msgs.put(msg)
         self.msgs.put(None)
 
     def expect(self, kind: str, timeout: float) -> dict[str, Any]:
@@ -418,11 +425,13 @@ class Gen:
 
     def send(self, obj: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write((json.dumps(obj) + "\n").encode())
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass
+        # Several threads may send (the main thread, relays on reader threads).
+        with self._send_lock:
+            try:
+                self.proc.stdin.write((json.dumps(obj) + "\n").encode())
+                self.proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                pass
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -301,7 +301,8 @@ def markdown(data: dict[str, Any], charts: list[str]) -> str:
     lines.append("")
     lines.append(
         f"**Settings:** warm-up {s['warmup_s']:g} s, measured {s['duration_s']:g} s per workload; "
-        f"payload {s['payload_size']} B; fan-out window {s['fanout_window']} messages in flight; "
+        f"payload {s['payload_size']} B; fan-out window {s['fanout_window']} messages in flight, "
+        f"at most {s.get('fanout_lag_window', '–')} ahead of the slowest receiver process; "
         f"chat {s['chat_conns']} connections in rooms of {s['chat_room_size']}, one message "
         f"every {s['chat_interval_ms']:g} ms each; churn {s['churn_concurrency']} concurrent "
         f"workers; idle {s['idle_conns']:,} connections; DM pairs {s['dm_pairs']}; "

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ class Settings:
     payload_size: int = 64
     fanout_sizes: list[int] = field(default_factory=lambda: [200, 1000])
     fanout_window: int = 32
+    # At most this many messages sent and not yet received by every receiver
+    # of the slowest generator process (its progress is relayed to the sender).
+    fanout_lag_window: int = 256
     fanout_receivers_per_proc: int = 500
     chat_conns: int = 1000
     chat_room_size: int = 10
@@ -128,7 +132,14 @@ class Ctx:
                     g.stop()
             srv.stop()
 
-    def gen(self, srv: ServerProc, role: str, deadline_s: float, **cfg: Any) -> Gen:
+    def gen(
+        self,
+        srv: ServerProc,
+        role: str,
+        deadline_s: float,
+        on_msg: Callable[[dict[str, Any]], bool] | None = None,
+        **cfg: Any,
+    ) -> Gen:
         adapter = self.spec.adapter
         if adapter == "wsrooms" and role != "verify" and self.s.client == "raw":
             adapter = "wsrooms-raw"
@@ -142,6 +153,7 @@ class Ctx:
             },
             self.logdir,
             self.tag(role),
+            on_msg,
         )
         self._gens.append(g)
         return g
@@ -243,25 +255,66 @@ def _check_ready(ready: list[dict[str, Any]], what: str) -> int:
 # --------------------------------------------------------------- fan-out
 
 
+class _Progress:
+    """Relays the fan-out receivers' progress to the sender: each receiver
+    process reports the highest seq all of its open sockets have received
+    ({"type": "progress"}); the minimum over the processes still holding a
+    socket goes to the sender as {"cmd": "acked"} whenever it rises. Runs on
+    the generators' reader threads."""
+
+    def __init__(self, nproc: int) -> None:
+        self._lock = threading.Lock()
+        self._seq = [-1] * nproc
+        self._gone = [False] * nproc
+        self._acked = -1
+        self.sender: Gen | None = None
+
+    def hook(self, i: int) -> Callable[[dict[str, Any]], bool]:
+        def on_msg(msg: dict[str, Any]) -> bool:
+            if msg.get("type") != "progress":
+                return False
+            with self._lock:
+                if msg.get("gone"):
+                    self._gone[i] = True
+                else:
+                    self._seq[i] = max(self._seq[i], int(msg["seq"]))
+                live = [q for q, g in zip(self._seq, self._gone, strict=True) if not g]
+                # No receiver left anywhere: nothing to wait for.
+                low = min(live) if live else 2**32
+                if low > self._acked and self.sender is not None:
+                    self._acked = low
+                    self.sender.send({"cmd": "acked", "seq": low})
+            return True
+
+        return on_msg
+
+
 def fanout(ctx: Ctx, size: int) -> dict[str, Any]:
     """One sender, a room of `size` receiving members. The sender keeps at
     most `window` messages in flight, acknowledged by a probe member that
-    joined the room last (the last one the server fans out to)."""
+    joined the room last (the last one the server fans out to), and at most
+    `lag_window` ahead of the slowest receiver process (its progress is
+    relayed by _Progress), so that a generator core that reads slower than
+    the server sends slows the sender instead of the server closing the
+    receivers as slow consumers."""
     s = ctx.s
     room = "fanout"
     with ctx.server(f"fanout{size}") as srv:
         receivers = size - 1  # + the probe, in the sender's process
-        nproc = max(1, math.ceil(receivers / s.fanout_receivers_per_proc))
+        shares = split(receivers, max(1, math.ceil(receivers / s.fanout_receivers_per_proc)))
+        shares = [n for n in shares if n > 0]
+        relay = _Progress(len(shares))
         recvs = [
             ctx.gen(
                 srv,
                 "fanout_recv",
                 ctx.deadline(),
+                on_msg=relay.hook(i),
                 room=room,
                 count=n,
                 concurrency=s.connect_concurrency,
             )
-            for n in split(receivers, nproc)
+            for i, n in enumerate(shares)
         ]
         connected = _check_ready(gather(recvs, "ready", 120), "fanout receivers")
         sender = ctx.gen(
@@ -270,9 +323,11 @@ def fanout(ctx: Ctx, size: int) -> dict[str, Any]:
             ctx.deadline(),
             room=room,
             window=s.fanout_window,
+            lag_window=s.fanout_lag_window if recvs else 0,
             payload_size=s.payload_size,
         )
         sender.expect("ready", 30)
+        relay.sender = sender
         settle_s = ctx.settle(srv)
         gens = [*recvs, sender]
         tl = ctx.start(gens)
@@ -285,6 +340,7 @@ def fanout(ctx: Ctx, size: int) -> dict[str, Any]:
     return {
         "members": connected + 1,
         "window": s.fanout_window,
+        "lag_window": s.fanout_lag_window,
         "deliveries_per_s": round(delivered / s.duration_s),
         # The headline: deliveries per server-CPU-second (and µs per delivery),
         # which a generator-bound deliveries/s does not hide.
@@ -297,6 +353,8 @@ def fanout(ctx: Ctx, size: int) -> dict[str, Any]:
         "gen_procs": len(gens),
         "closed_early": sum(r.get("closed_early", 0) for r in results),
         "stalls": send_res.get("stalls", 0),
+        # How often the slowest receiver process, not the probe, held the sender.
+        "held_by_receivers": send_res.get("held_by_receivers", 0),
         "settle_s": settle_s,
         "drain_s": round(max(r.get("drain_s", 0) for r in results), 2),
         "_hist": hist.to_json(),

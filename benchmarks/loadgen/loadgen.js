@@ -4,8 +4,11 @@
 //   node loadgen.js '<json config>'
 //
 // The Python runner starts one or more of these, each with a role:
-//   fanout_recv  N receivers joined to one room, record delivery latency
-//   fanout_send  one sender (+ one "probe" receiver that closes the send window)
+//   fanout_recv  N receivers joined to one room, record delivery latency, and
+//                report their progress (the seq every one of them has received)
+//   fanout_send  one sender (+ one "probe" receiver that closes the send window;
+//                the slowest receiver process's progress, relayed by the runner,
+//                bounds how far ahead of the receivers it may get)
 //   chat         connections in rooms, each sending every interval_ms
 //   churn        workers doing connect -> root join_ack -> join -> close, in a loop
 //   idle         open N connections, hold them until told to stop
@@ -14,8 +17,10 @@
 //
 // Protocol with the runner: JSON lines. Out (stdout): {"type":"ready"|"connected"|
 // "result"|"error"|"log", ...}. In (stdin): {"cmd":"start", t_start, m_start,
-// m_end, t_stop, drain_ms} with times in microseconds of CLOCK_MONOTONIC, and
-// {"cmd":"stop"}. The process exits by itself at cfg.deadline_s at the latest,
+// m_end, t_stop, drain_ms} with times in microseconds of CLOCK_MONOTONIC,
+// {"cmd":"stop"}, and for fanout_send {"cmd":"acked", seq} (every receiver has
+// received seq and the messages before it). fanout_recv also writes
+// {"type":"progress", seq} (or gone: true once all its sockets are closed). The process exits by itself at cfg.deadline_s at the latest,
 // and when its stdin closes. It only ever connects to cfg.url (127.0.0.1).
 
 const { makeClientClass, nowUs } = require('./adapters');
@@ -117,6 +122,7 @@ function cpuReport(fromCpu, fromWall) {
 }
 
 let startCmd = null;
+let onCmd = null; // role-specific handler of other commands
 let startResolve;
 const started = new Promise((r) => { startResolve = r; });
 let stopResolve;
@@ -137,6 +143,8 @@ process.stdin.on('data', (chunk) => {
       startResolve(cmd);
     } else if (cmd.cmd === 'stop') {
       stopResolve(cmd);
+    } else if (onCmd) {
+      onCmd(cmd);
     }
   }
 });
@@ -189,24 +197,43 @@ roles.fanout_recv = async () => {
   let inWindowByRecv = 0;
   let mStart = Infinity;
   let mEnd = -Infinity;
-  const onMessage = (room, src, payload) => {
+  const onMessage = (c, payload) => {
     const t = nowUs();
     lastRecv = t;
     total++;
     if (t >= mStart && t < mEnd) inWindowByRecv++;
     const ts = Client.readTs(payload);
     if (ts >= mStart && ts < mEnd) hist.add(t - ts);
+    c.seq = Client.readSeq(payload); // in order on one connection
   };
   const { clients, failed, errors } = await connectAll(cfg.count, cfg.concurrency || 50, async (c) => {
-    c.onMessage = onMessage;
+    c.seq = -1;
+    c.onMessage = (room, src, payload) => onMessage(c, payload);
     await c.join(cfg.room);
   });
   out({ type: 'ready', connected: clients.length, failed, errors });
+  // Progress for the sender's flow control: the highest seq that every open
+  // socket of this process has received. A timer, so a busy process (whose
+  // timers fire late) reports late and holds the sender back.
+  let reported = -1;
+  let gone = false;
+  const progress = setInterval(() => {
+    let min = Infinity;
+    for (const c of clients) if (!c.closed && c.seq < min) min = c.seq;
+    if (min === Infinity) {
+      if (!gone) out({ type: 'progress', gone: true });
+      gone = true;
+    } else if (min > reported) {
+      reported = min;
+      out({ type: 'progress', seq: min });
+    }
+  }, cfg.report_ms || 5);
   const cmd = await started;
   mStart = cmd.m_start;
   mEnd = cmd.m_end;
   const cpu = await windowCpu(cmd);
   const drainS = await drain(cmd);
+  clearInterval(progress);
   const closedEarly = clients.filter((c) => c.closed).length;
   finish({ received_total: total, received_in_window: inWindowByRecv, closed_early: closedEarly, hist, window_cpu: cpu, drain_s: drainS });
 };
@@ -221,7 +248,9 @@ roles.fanout_send = async () => {
   const hist = new Hist();
   let sent = 0;
   let sentInWindow = 0;
-  let acked = 0;
+  let acked = 0; // the probe has received every seq below this
+  let recvAcked = 0; // every receiver process has received every seq below this
+  let heldByRecv = 0; // times the receivers' lag (not the probe) closed the window
   let probeTotal = 0;
   let probeInWindow = 0;
   let stalls = 0;
@@ -231,11 +260,17 @@ roles.fanout_send = async () => {
   let mStart = Infinity;
   let mEnd = -Infinity;
   const window = cfg.window || 8;
+  // Unlimited without receiver processes (a room of the sender and the probe).
+  const lagWindow = cfg.lag_window || Infinity;
   const size = cfg.payload_size || 64;
 
   const pump = () => {
     if (!running) return;
     while (sent - acked < window) {
+      if (sent - recvAcked >= lagWindow) {
+        heldByRecv++;
+        return;
+      }
       const t = nowUs();
       if (t >= tStop) {
         running = false;
@@ -260,6 +295,12 @@ roles.fanout_send = async () => {
     lastProgress = t;
     pump();
   };
+  onCmd = (c) => {
+    if (c.cmd !== 'acked' || c.seq + 1 <= recvAcked) return;
+    recvAcked = c.seq + 1;
+    lastProgress = nowUs();
+    pump();
+  };
   out({ type: 'ready', sender: sender.id, probe: probe.id });
   const cmd = await started;
   mStart = cmd.m_start;
@@ -269,10 +310,12 @@ roles.fanout_send = async () => {
   running = true;
   lastProgress = nowUs();
   const guard = setInterval(() => {
-    // If the probe stops hearing (a drop, a disconnect), reopen the window.
-    if (running && sent > acked && nowUs() - lastProgress > 1e6) {
+    // If the window stays shut without progress for 1 s (a drop, a
+    // disconnect, a stuck receiver process), reopen it.
+    if (running && (sent > acked || sent > recvAcked) && nowUs() - lastProgress > 1e6) {
       stalls++;
       acked = sent;
+      recvAcked = sent;
       lastProgress = nowUs();
       pump();
     }
@@ -287,6 +330,7 @@ roles.fanout_send = async () => {
     received_total: probeTotal,
     received_in_window: probeInWindow,
     stalls,
+    held_by_receivers: heldByRecv,
     closed_early: (sender.closed ? 1 : 0) + (probe.closed ? 1 : 0),
     hist,
     window_cpu: cpu,
