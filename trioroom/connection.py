@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -49,7 +50,7 @@ from .wsframe import binary_frame
 if TYPE_CHECKING:
     from .server import Server
 
-__all__ = ["CloseCode", "Connection", "OutboundBatch", "Transport"]
+__all__ = ["CloseCode", "Connection", "OutboundBatch", "Transport", "deliver_to_all"]
 
 logger = logging.getLogger("trioroom.connection")
 _WRITER = "trioroom.Connection._writer"
@@ -155,6 +156,24 @@ class OutboundBatch:
             self.corked = []
             for conn in corked:
                 conn._flush_cork()
+
+
+def deliver_to_all(members: Iterable[tuple[str, Connection]], frame: bytes, exclude: str) -> int:
+    """Deliver ``frame`` to every member but ``exclude``; return how many.
+
+    The fan-out loop: a frame for a member whose frames are corked in this
+    batch is appended right here, without a call per delivery.
+    """
+    delivered = 0
+    for member_id, member in members:
+        if member_id != exclude:
+            cork = member._cork
+            if cork is not None:
+                cork.append(frame)
+            else:
+                member._deliver(frame)
+            delivered += 1
+    return delivered
 
 
 class Connection:
@@ -387,20 +406,28 @@ class Connection:
         Written at once (or corked) when the direct path is free, else queued
         under the slow-consumer policy.
         """
-        if (self.close_code is not None and not self._may_resume) or self._ended:
-            return False
         cork = self._cork
         if cork is not None:
-            # Frames corked earlier in this batch go first.
+            # Frames corked earlier in this (synchronous) batch go first; a
+            # close since then is handled when the batch is flushed.
             cork.append(frame)
             return True
-        if self._direct is not None and self._writer_idle():
+        if (self.close_code is not None and not self._may_resume) or self._ended:
+            return False
+        # Nothing queued and nothing being written: the frame may go now.
+        if (
+            self._direct is not None
+            and self.close_code is None
+            and not self._queued_bytes
+            and not self._inflight
+            and not self._inflight_bytes
+        ):
             batch = self._batch
             if batch.active:
                 self._cork = [frame]
                 batch.corked.append(self)
             else:
-                self._write_now(frame, [frame])
+                self._write_now(frame, None)
             return True
         return self._enqueue(frame)
 
@@ -417,21 +444,14 @@ class Connection:
         """The socket is closing: only the close path writes to it from now on."""
         self._direct = None
 
-    def _writer_idle(self) -> bool:
-        """Whether a frame may be written now: nothing queued, nothing being written."""
-        return (
-            self.close_code is None
-            and not self._queued_bytes
-            and not self._inflight
-            and not self._inflight_bytes
-        )
-
     def _flush_cork(self) -> None:
         frames = self._cork
         self._cork = None
         if not frames or self._ended:
             return
-        if self._direct is not None and self._writer_idle():
+        # The queue was empty and the writer idle when the cork began, and a
+        # batch never yields, so neither can have changed since: only a close.
+        if self._direct is not None and self.close_code is None:
             self._write_now(frames[0] if len(frames) == 1 else b"".join(frames), frames)
             return
         # Closing since the batch began: the frames join the queue, and a
@@ -439,13 +459,16 @@ class Connection:
         for frame in frames:
             self._enqueue(frame)
 
-    def _write_now(self, data: bytes, frames: list[bytes]) -> None:
-        """The direct path: hand ``data`` to the kernel; the writer gets what is left."""
+    def _write_now(self, data: bytes, frames: list[bytes] | None) -> None:
+        """The direct path: hand ``data`` to the kernel; the writer gets what is left.
+
+        ``data`` is ``frames`` joined, or (``frames`` is ``None``) one frame.
+        """
         transport = self._direct
         assert transport is not None
         if self.replay is not None:
             # Numbered as sent, like the writer's frames.
-            self._record(frames)
+            self._record(frames if frames is not None else [data])
         if self._preamble:
             # Frames outside the numbering that must come first (the session
             # frame, a resume's replay): they go out with these.

@@ -41,7 +41,14 @@ from websockets.typing import Subprotocol
 
 from .backplane import Backplane, LocalBackplane
 from .budget import Budget
-from .connection import CloseCode, Connection, OutboundBatch, Transport, check_close
+from .connection import (
+    CloseCode,
+    Connection,
+    OutboundBatch,
+    Transport,
+    check_close,
+    deliver_to_all,
+)
 from .extension import (
     ACK,
     EXTENSION_PREFIX,
@@ -1232,11 +1239,7 @@ class Server:
         room = self._rooms.get(name)
         if room is None:
             return 0
-        delivered = 0
-        for member_id, member in room.members.items():
-            if member_id != exclude:
-                member._deliver(frame)
-                delivered += 1
+        delivered = deliver_to_all(room.members.items(), frame, exclude)
         metrics = self.metrics
         metrics.messages_out += delivered
         metrics.bytes_out += delivered * len(frame)
