@@ -898,7 +898,11 @@ class Server:
             except FrameError as exc:
                 self._bad_frame(conn, str(exc), ref=ref)
                 return
-        if _find_control(room) or _find_control(event):
+        # isprintable() is False for every control character (and for a few
+        # harmless ones): the exact check runs only for those names.
+        if not (room.isprintable() and event.isprintable()) and (
+            _find_control(room) or _find_control(event)
+        ):
             self._bad_name(conn, room, event, ref)
             return
         # Joins, leaves and handlers may yield to other tasks: a batch of
