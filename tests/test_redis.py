@@ -147,6 +147,7 @@ async def start_cluster(
         url: str | None = None,
         servers: list[Server] | None = None,
         reconcile_interval: float = 30.0,
+        backplane_options: dict[str, Any] | None = None,
         **settings: Any,
     ) -> list[Node]:
         nodes = []
@@ -158,6 +159,7 @@ async def start_cluster(
                 op_timeout=2.0,
                 reconnect_max=0.5,
                 reconcile_interval=reconcile_interval,
+                **(backplane_options or {}),
             )
             if servers is not None:
                 server = servers[i]
@@ -640,6 +642,71 @@ async def _outbox_scenario(start_cluster: StartCluster, own: RedisProcess) -> No
 
     await eventually(registered)
     assert n0.server.metrics.frames_dropped["backplane_outbox"] == 0
+
+
+async def test_outbox_bound_drops_the_newest_and_tells_the_extended_sender(
+    start_cluster: StartCluster,
+) -> None:
+    own = RedisProcess()
+    own.start()
+    try:
+        await _outbox_bound_scenario(start_cluster, own)
+    finally:
+        own.stop()
+
+
+async def _outbox_bound_scenario(start_cluster: StartCluster, own: RedisProcess) -> None:
+    # Each held message: 16 + 2 + its exclude (a 36-byte ID) + a 126-byte frame.
+    n0, n1 = await start_cluster(
+        2, url=own.url, root_notices=False, backplane_options={"outbox_bytes": 10 * 180}
+    )
+    a = await RawClient.connect(
+        n0.address, path="/ws", subprotocols=["trioroom.v1"], read_root_ack=False
+    )
+    session = await a.recv_until("trioroom.session")
+    a.id = json.loads(session.payload)["id"]
+    await a.recv_until("join_ack")
+    b = await n1.connect()
+    await join_all("lobby", [a, b])
+    own.stop()
+    await wait_until(lambda: not n0.backplane.connected, LIMIT)
+    payload = "x" * 60
+    for i in range(15):
+        await a.send(Message("lobby", "seq", "", "", f"{i:02d}{payload}"))
+    errors = [json.loads((await a.recv_until("trioroom.error")).payload) for _ in range(5)]
+    assert {e["code"] for e in errors} == {"backplane_unavailable"}
+    assert {e["event"] for e in errors} == {"seq"}
+    assert "outbox is full" in errors[0]["message"]
+    assert n0.server.metrics.frames_dropped["backplane_outbox"] == 5
+    own.start()
+    # The ten that fit arrive, in order, and nothing of the five dropped.
+    got = [(await b.recv_until("seq")).payload[:2] for _ in range(10)]
+    assert got == [f"{i:02d}".encode() for i in range(10)]
+    assert await settle(a, b) == []
+
+
+async def test_outbox_drops_what_waited_too_long(start_cluster: StartCluster) -> None:
+    own = RedisProcess()
+    own.start()
+    try:
+        n0, n1 = await start_cluster(
+            2, url=own.url, root_notices=False, backplane_options={"outbox_seconds": 0.5}
+        )
+        a, b = await n0.connect(), await n1.connect()
+        await join_all("lobby", [a, b])
+        own.stop()
+        await wait_until(lambda: not n0.backplane.connected, LIMIT)
+        for i in range(3):
+            await a.send(Message("lobby", "seq", "", "", str(i)))
+        await trio.sleep(1.0)
+        await a.send(Message("lobby", "seq", "", "", b"3"))
+        await wait_until(lambda: n0.server.metrics.frames_dropped["backplane_outbox"] == 3, LIMIT)
+        own.start()
+        await wait_until(lambda: n0.backplane.connected, LIMIT)
+        # The expired three never arrive (the fourth may, unless it expired too).
+        assert {m.payload for m in await settle(a, b)} <= {b"3"}
+    finally:
+        own.stop()
 
 
 async def test_healthz_reports_the_backplane_and_can_require_it(
