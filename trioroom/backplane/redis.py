@@ -17,10 +17,13 @@ A third, pooled connection serves reads (member lists, liveness checks).
 Membership lives in Redis hashes and sets (``docs/scaling.md`` lists every
 key); each node refreshes a liveness key with a TTL, and the other nodes
 sweep the members of a node whose key expired, sending ``member_left`` for
-them. When Redis goes away, local delivery goes on, cross-node operations
-are counted in ``server.metrics.backplane_errors`` (and logged, rate
-limited), and the backplane reconnects with backoff, then re-registers the
-node's membership from the server's own state and resubscribes.
+them. When Redis goes away, local delivery goes on, cross-node messages wait
+in a bounded outbox (``outbox_bytes``, ``outbox_seconds``; past the bound
+they are dropped, counted and their extended senders told), failed
+membership changes are counted in ``server.metrics.backplane_errors`` (and
+logged, rate limited), and the backplane reconnects with backoff,
+re-registers the node's membership from the server's own state,
+resubscribes, and sends the outbox once the other nodes listen again.
 """
 
 from __future__ import annotations
