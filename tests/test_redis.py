@@ -614,7 +614,8 @@ async def _outbox_scenario(start_cluster: StartCluster, own: RedisProcess) -> No
     await wait_until(lambda: not n0.backplane.connected and not n1.backplane.connected, LIMIT)
     for i in range(100):
         await a.send(Message("lobby", "seq", "", "", str(i)))
-    # A membership change on A during the outage reaches B too.
+    # A direct message and a membership change made during the outage too.
+    await a.send(Message("lobby", "dm", b1.id, "", b"psst"))
     c = await n0.connect()
     await c.join("lobby")
     await trio.sleep(max(0.0, 3.0 - (time.monotonic() - stopped)))
@@ -626,12 +627,13 @@ async def _outbox_scenario(start_cluster: StartCluster, own: RedisProcess) -> No
     own.start()
     await wait_until(lambda: n0.backplane.connected and n1.backplane.connected, LIMIT)
     joined = Message("lobby", "new_member", "", "", c.id.encode())
-    for b in (b1, b2):
+    dm = Message("lobby", "dm", b1.id, a.id, b"psst")
+    for b, after in ((b1, [dm, joined]), (b2, [joined])):
         with trio.fail_after(LIMIT):
-            got = [await b.recv() for _ in range(101)]
-        # All 100, in order, then the membership change made after them.
+            got = [await b.recv() for _ in range(100 + len(after))]
+        # All 100, in order, then what was sent after them.
         assert [int(m.payload) for m in got[:100] if m.event == "seq"] == list(range(100))
-        assert got[100] == joined
+        assert got[100:] == after
     # New traffic goes after the outbox; the newcomer is a member everywhere.
     await a.send(Message("lobby", "seq", "", "", b"100"))
     for b in (b1, b2):
