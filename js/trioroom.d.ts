@@ -130,6 +130,8 @@ export type ServerErrorCode =
     | "malformed"
     | "not_a_member"
     | "unknown_destination"
+    /** During a Redis outage, a message did not reach other nodes (sent after the fact). */
+    | "backplane_unavailable"
     | "handler_error"
     | "timeout"
     /** The socket closed (or a resume replaced it) while the request's handler ran. */

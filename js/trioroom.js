@@ -134,8 +134,9 @@ export class TimeoutError extends Error {
  * What the server reported with a `trioroom.error` frame: the rejection of a
  * `request()`, a refused join, a rate limit, ... `code` is the server's code
  * (`join_refused`, `rate_limited`, `message_too_big`, `malformed`,
- * `not_a_member`, `unknown_destination`, `handler_error`, `timeout`, or a
- * handler's own), `event` the event concerned, `room` the frame's room.
+ * `not_a_member`, `unknown_destination`, `handler_error`, `timeout`,
+ * `backplane_unavailable`, or a handler's own), `event` the event concerned,
+ * `room` the frame's room.
  */
 export class ServerError extends Error {
     /**

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import re
@@ -445,3 +446,23 @@ def test_gc_threshold_option_tunes_the_collector_and_zero_leaves_it_alone() -> N
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_redis_outbox_bounds_are_flags_and_variables() -> None:
+    from trioroom import workers
+
+    parser = build_parser()
+    defaults = workers.cluster_options(parser.parse_args(["serve"]), {})
+    assert (defaults.redis_outbox_bytes, defaults.redis_outbox_seconds) == (16 * 1024 * 1024, 60.0)
+    args = parser.parse_args(["serve", "--redis-outbox-bytes", "1000"])
+    env = {"TRIOROOM_REDIS_OUTBOX_SECONDS": "2.5", "TRIOROOM_REDIS_OUTBOX_BYTES": "9"}
+    options = workers.cluster_options(args, env)
+    assert (options.redis_outbox_bytes, options.redis_outbox_seconds) == (1000, 2.5)
+    with pytest.raises(ValueError, match="must not be negative"):
+        workers.cluster_options(parser.parse_args(["serve", "--redis-outbox-seconds", "-1"]), {})
+    if importlib.util.find_spec("coredis") is not None:
+        from trioroom.backplane.redis import RedisBackplane
+
+        backplane = workers.make_backplane(attrs.evolve(options, redis="redis://127.0.0.1:1/0"))
+        assert isinstance(backplane, RedisBackplane)
+        assert (backplane.outbox_bytes, backplane.outbox_seconds) == (1000, 2.5)

@@ -71,6 +71,7 @@ class ErrorCode:
     CANCELLED = "cancelled"
     NOT_A_MEMBER = "not_a_member"
     UNKNOWN_DESTINATION = "unknown_destination"
+    BACKPLANE_UNAVAILABLE = "backplane_unavailable"
 
 
 def request_ref(src: str) -> str | None:

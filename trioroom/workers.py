@@ -61,6 +61,8 @@ class ClusterOptions:
     redis: str | None = None
     redis_prefix: str = "trioroom"
     node_ttl: float = 10.0
+    redis_outbox_bytes: int = 16 * 1024 * 1024
+    redis_outbox_seconds: float = 60.0
     workers: int = 1
     #: Set in a worker process started by the supervisor.
     worker_index: int | None = None
@@ -72,7 +74,7 @@ class ClusterOptions:
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--redis``, ``--redis-prefix``, ``--node-ttl`` and ``--workers``."""
+    """Add ``--redis``, ``--redis-prefix``, ``--node-ttl``, the outbox bounds and ``--workers``."""
     group = parser.add_argument_group(
         "scale-out (several processes as one server; see docs/scaling.md)"
     )
@@ -97,6 +99,24 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="liveness key lifetime: the members of a process that died without cleanup "
         "are removed at most about 1.6x this later [env TRIOROOM_NODE_TTL; default 10]",
+    )
+    group.add_argument(
+        "--redis-outbox-bytes",
+        metavar="BYTES",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="while Redis is unreachable, keep up to this many bytes of cross-node messages "
+        "and send them, in order, when it is back; past it new ones are dropped (counted, "
+        "and extended senders get an error); 0 drops them all "
+        "[env TRIOROOM_REDIS_OUTBOX_BYTES; default 16777216]",
+    )
+    group.add_argument(
+        "--redis-outbox-seconds",
+        metavar="SECONDS",
+        type=float,
+        default=argparse.SUPPRESS,
+        help="drop a cross-node message that waited this long for Redis "
+        "[env TRIOROOM_REDIS_OUTBOX_SECONDS; default 60]",
     )
     group.add_argument(
         "--workers",
@@ -130,6 +150,8 @@ def cluster_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Clu
         ("redis", str),
         ("redis_prefix", str),
         ("node_ttl", float),
+        ("redis_outbox_bytes", int),
+        ("redis_outbox_seconds", float),
         ("workers", int),
     ):
         value = pick(dest, convert)
@@ -143,6 +165,8 @@ def cluster_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Clu
         raise ValueError("--workers must be at least 1")
     if options.node_ttl < 0.3:
         raise ValueError("--node-ttl must be at least 0.3 seconds")
+    if options.redis_outbox_bytes < 0 or options.redis_outbox_seconds < 0:
+        raise ValueError("--redis-outbox-bytes and --redis-outbox-seconds must not be negative")
     if options.redis:
         check_redis_url(options.redis)
         if importlib.util.find_spec("coredis") is None:
@@ -170,7 +194,13 @@ def make_backplane(options: ClusterOptions) -> Backplane | None:
         return None
     from .backplane.redis import RedisBackplane
 
-    return RedisBackplane(options.redis, prefix=options.redis_prefix, node_ttl=options.node_ttl)
+    return RedisBackplane(
+        options.redis,
+        prefix=options.redis_prefix,
+        node_ttl=options.node_ttl,
+        outbox_bytes=options.redis_outbox_bytes,
+        outbox_seconds=options.redis_outbox_seconds,
+    )
 
 
 def make_server(options: ClusterOptions, settings: Settings) -> Server:

@@ -17,14 +17,18 @@ A third, pooled connection serves reads (member lists, liveness checks).
 Membership lives in Redis hashes and sets (``docs/scaling.md`` lists every
 key); each node refreshes a liveness key with a TTL, and the other nodes
 sweep the members of a node whose key expired, sending ``member_left`` for
-them. When Redis goes away, local delivery goes on, cross-node operations
-are counted in ``server.metrics.backplane_errors`` (and logged, rate
-limited), and the backplane reconnects with backoff, then re-registers the
-node's membership from the server's own state and resubscribes.
+them. When Redis goes away, local delivery goes on, cross-node messages wait
+in a bounded outbox (``outbox_bytes``, ``outbox_seconds``; past the bound
+they are dropped, counted and their extended senders told), failed
+membership changes are counted in ``server.metrics.backplane_errors`` (and
+logged, rate limited), and the backplane reconnects with backoff,
+re-registers the node's membership from the server's own state,
+resubscribes, and sends the outbox once the other nodes listen again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -41,7 +45,9 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ..protocol import encode
+from ..extension import ErrorCode
+from ..log import BoundedLog
+from ..protocol import FrameError, decode_fields, encode
 from .base import Backplane
 
 try:
@@ -123,6 +129,8 @@ end
 return redis.call('PUBLISH', ARGV[2] .. node, ARGV[3])
 """
 _SCRIPTS = (_JOIN, _LEAVE, _UNREGISTER, _DIRECT)
+#: What SCRIPT LOAD answers for _DIRECT (direct messages held before any session).
+_DIRECT_SHA = hashlib.sha1(_DIRECT).hexdigest().encode()
 
 # Kinds of queued operations.
 _PUBLISH = 0
@@ -137,13 +145,20 @@ class _StateLost(Exception):
 class _Op:
     """One command in the ordered publisher queue."""
 
-    __slots__ = ("args", "event", "failed", "kind")
+    __slots__ = ("args", "event", "failed", "kind", "since")
 
     def __init__(self, args: tuple[Any, ...], kind: int, wait: bool = False) -> None:
         self.args = args
         self.kind = kind
         self.event: trio.Event | None = trio.Event() if wait else None
         self.failed = False
+        #: When it entered the outbox (0: never).
+        self.since = 0.0
+
+    @property
+    def size(self) -> int:
+        """Bytes of the message a publish carries (its last argument)."""
+        return len(self.args[-1])
 
 
 @attrs.define(eq=False)
@@ -189,6 +204,16 @@ class RedisBackplane(Backplane):
         max_batch: Commands per pipelined write.
         reconcile_interval: How often the node compares its membership in
             Redis with its local state and repairs the difference.
+        outbox_bytes: While Redis is unreachable, room publishes and direct
+            messages (membership notices included) wait in an outbox of at
+            most this many message bytes; they go out in order when Redis is
+            back, before any new traffic. A message that does not fit is
+            dropped (the newest: what waits keeps its order), counted in
+            ``frames_dropped{reason="backplane_outbox"}``, and its extended
+            sender gets a ``backplane_unavailable`` error. 0 turns the outbox
+            off (cross-node messages are dropped during an outage).
+        outbox_seconds: A message that waited this long in the outbox is
+            dropped the same way.
     """
 
     distributed = True
@@ -204,6 +229,8 @@ class RedisBackplane(Backplane):
         max_queue: int = 100_000,
         max_batch: int = 1000,
         reconcile_interval: float = 30.0,
+        outbox_bytes: int = 16 * 1024 * 1024,
+        outbox_seconds: float = 60.0,
     ) -> None:
         if node_ttl < 0.3:
             raise ValueError("node_ttl must be at least 0.3 seconds")
@@ -211,6 +238,8 @@ class RedisBackplane(Backplane):
             raise ValueError("timeouts and intervals must be positive")
         if max_queue < 1 or max_batch < 1:
             raise ValueError("max_queue and max_batch must be positive")
+        if outbox_bytes < 0 or outbox_seconds < 0:
+            raise ValueError("outbox_bytes and outbox_seconds must not be negative")
         if urllib.parse.urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"not a Redis URL: {url!r} (redis://, rediss:// or unix://)")
         self.url = url
@@ -221,6 +250,8 @@ class RedisBackplane(Backplane):
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.reconcile_interval = reconcile_interval
+        self.outbox_bytes = outbox_bytes
+        self.outbox_seconds = outbox_seconds
         #: This node's ID in Redis (new for every process).
         self.node_id = uuid.uuid4().hex
         self.stats = RedisStats()
@@ -235,6 +266,7 @@ class RedisBackplane(Backplane):
         self._p_nodemembers = p + b"nodemembers:"
         self._p_nodeconns = p + b"nodeconns:"
         self._p_sweep = p + b"sweep:"
+        self._p_ready = p + b"ready:"
         self._k_nodes = p + b"nodes"
         self._k_rooms = p + b"rooms"
         self._k_conns = p + b"conns"
@@ -255,6 +287,14 @@ class RedisBackplane(Backplane):
         self._subs: dict[bytes, trio.Event] = {}
         self._channel_rooms: dict[bytes, str] = {}
         self._queue: deque[_Op] = deque()
+        # Publishes held while Redis is unreachable, oldest first, and their bytes.
+        self._outbox: deque[_Op] = deque()
+        self._outbox_size = 0
+        # Other nodes seen alive (their subscriptions gate the outbox on return).
+        self._peers: set[bytes] = set()
+        # Origins of room messages received (nodes sharing rooms with this one).
+        self._origins: set[bytes] = set()
+        self._outbox_log = BoundedLog(logger)
         self._wake: trio.Event | None = None
         self._failed_since_warning = 0
         self._last_warning = -math.inf
@@ -427,8 +467,11 @@ class RedisBackplane(Backplane):
         return names
 
     def publish_room(self, room: str, message: bytes, exclude: str) -> None:
-        if not self._up:
-            self._fail("room publish")
+        if not self._up or self._outbox:
+            # Down, or back but the outbox has not gone out yet: it keeps the order.
+            excluded = exclude.encode()
+            data = b"".join((_ROOM_HEADER.pack(self._origin, len(excluded)), excluded, message))
+            self._hold(_Op((b"PUBLISH", self._room_channel(room), data), _PUBLISH))
             return
         if len(self._queue) >= self.max_queue:
             self._fail("room publish (queue full)")
@@ -443,10 +486,19 @@ class RedisBackplane(Backplane):
 
         Returns ``True`` once queued: whether the connection exists is only
         known in Redis (an unknown one counts in ``frames_dropped["unknown_dst"]``).
+        While Redis is unreachable the message waits in the outbox; one the
+        outbox has no room for is dropped and its sender told (see
+        ``outbox_bytes``), and ``True`` is returned all the same.
         """
-        if not self._up:
-            self._fail("direct message")
-            return False
+        if not self._up or self._outbox:
+            target = conn_id.encode()
+            data = b"".join((_LEN.pack(len(target)), target, message))
+            args = (b"EVALSHA", _DIRECT_SHA, 1, self._k_conns, target, self._p_node, data)
+            if self.outbox_bytes <= 0:
+                self._fail("direct message")
+                return False
+            self._hold(_Op(args, _DIRECT_MESSAGE))
+            return True
         if len(self._queue) >= self.max_queue:
             self._fail("direct message (queue full)")
             return False
@@ -456,6 +508,112 @@ class RedisBackplane(Backplane):
         args = (b"EVALSHA", self._shas[3], 1, self._k_conns, target, self._p_node, data)
         self._push(_Op(args, _DIRECT_MESSAGE))
         return True
+
+    # -- the outbox ----------------------------------------------------------------
+
+    def _hold(self, op: _Op) -> None:
+        """Keep a publish for when Redis is back, or drop it past the bound."""
+        if self.outbox_bytes <= 0:
+            self._fail("room publish" if op.kind == _PUBLISH else "direct message")
+            return
+        now = time.monotonic()
+        self._expire(now)
+        size = op.size
+        if self._outbox_size + size > self.outbox_bytes:
+            self._drop(op, f"the outbox is full ({self.outbox_bytes} bytes)")
+            return
+        if not op.since:
+            op.since = now
+        self._outbox.append(op)
+        self._outbox_size += size
+
+    def _expire(self, now: float) -> None:
+        """Drop what waited longer than ``outbox_seconds`` (the oldest first)."""
+        outbox = self._outbox
+        limit = now - self.outbox_seconds
+        while outbox and outbox[0].since < limit:
+            op = outbox.popleft()
+            self._outbox_size -= op.size
+            self._drop(op, f"it waited longer than {self.outbox_seconds:g}s")
+
+    def _drop(self, op: _Op, why: str) -> None:
+        """Count a cross-node message the outbox could not keep; tell its sender."""
+        if self._server is None:
+            return
+        server = self._server
+        server.metrics.frames_dropped["backplane_outbox"] += 1
+        self._outbox_log.log(
+            logging.WARNING,
+            "outbox",
+            "Redis backplane: cross-node message dropped while Redis is unreachable: %s",
+            why,
+        )
+        data = op.args[-1]
+        if op.kind == _PUBLISH:
+            (size,) = _LEN.unpack_from(data, 16)
+            message = data[_ROOM_HEADER.size + size :]
+        else:
+            (size,) = _LEN.unpack_from(data)
+            message = data[2 + size :]
+        try:
+            room, event, _dst, src, _payload = decode_fields(message)
+        except FrameError:  # pragma: no cover - we encoded it
+            return
+        sender = server.connection(src) if src else None
+        if sender is not None and sender.extended:
+            server._send_error(
+                sender,
+                room,
+                ErrorCode.BACKPLANE_UNAVAILABLE,
+                f"not delivered to other nodes: Redis is unreachable and {why}",
+                event=event,
+            )
+
+    def _release_outbox(self) -> None:
+        """Queue the outbox ahead of anything new (no checkpoint)."""
+        self._expire(time.monotonic())
+        outbox, self._outbox = self._outbox, deque()
+        self._outbox_size = 0
+        for op in outbox:
+            if op.kind == _PUBLISH:
+                self.stats.room_published += 1
+            else:
+                self.stats.direct_published += 1
+            self._push(op)
+        if outbox:
+            logger.warning(
+                "Redis backplane: sending %d cross-node message(s) held during the outage",
+                len(outbox),
+            )
+
+    async def _await_peers_then_release(self, client: Redis[bytes]) -> None:
+        """Send the outbox once the other nodes listen again, or after a bound.
+
+        After a Redis restart every node resubscribes on its own schedule; a
+        publish before a peer resubscribed would never reach it. Each node
+        sets ``ready:<node>`` once its subscriptions are acknowledged and its
+        membership re-registered; this waits for that key of every node known
+        before the outage or registered now, at most about as long as a live
+        node takes to reconnect.
+        """
+        if not self._outbox:
+            return
+        peers = set(self._peers)
+        peers.update(uuid.UUID(bytes=origin).hex.encode() for origin in self._origins)
+        bound = self.reconnect_max * 1.5 + self.op_timeout * 3
+        with trio.move_on_after(bound):
+            while True:
+                with trio.fail_after(self.op_timeout):
+                    peers.update(await client.smembers(self._k_nodes))
+                    peers.discard(self._node)
+                    if not peers:
+                        break
+                    ordered = sorted(peers)
+                    ready = await client.mget([self._p_ready + n for n in ordered])
+                if all(value is not None for value in ready):
+                    break
+                await trio.sleep(0.05)
+        self._release_outbox()
 
     # -- commands ----------------------------------------------------------------
 
@@ -657,12 +815,16 @@ class RedisBackplane(Backplane):
                     _command(b"SADD", self._k_nodes, self._node),
                     _command(b"SMEMBERS", self._p_nodemembers + self._node),
                     _command(b"SMEMBERS", self._p_nodeconns + self._node),
+                    # Not ready for held messages until resubscribed (below).
+                    _command(b"DEL", self._p_ready + self._node),
+                    _command(b"SMEMBERS", self._k_nodes),
                 ]
             )
             for result in registered:
                 _checked(result)
         remote_entries = _as_set(registered[2])
         remote_conns = _as_set(registered[3])
+        self._peers.update(_as_set(registered[5]) - {self._node})
         # From here to the nursery, no checkpoint: the resync below and every
         # join or leave after it reach Redis in this order.
         self._sub = sub
@@ -690,6 +852,10 @@ class RedisBackplane(Backplane):
             else:
                 logger.info("Redis backplane connected (node %s)", self.node_id)
             self._first_attempt.set()
+            # Subscribed, and the resync is queued ahead of this: other nodes
+            # may send what they held during the outage.
+            self._push(_Op((b"SET", self._p_ready + self._node, b"1", b"PX", ttl_ms), _MEMBERSHIP))
+            nursery.start_soon(self._await_peers_then_release, client)
             nursery.start_soon(self._heartbeat, client, sub)
             nursery.start_soon(self._sweeper, client)
 
@@ -705,17 +871,20 @@ class RedisBackplane(Backplane):
             event.set()
         self._subs = {}
         self._channel_rooms = {}
-        dropped = 0
+        # Publishes not yet sent (or in the batch that failed) go back to the
+        # outbox, ahead of what it holds already; membership is resynced.
+        held = [op for op in self._queue if op.kind != _MEMBERSHIP]
         while self._queue:
             op = self._queue.popleft()
-            if op.kind != _MEMBERSHIP:
-                dropped += 1
             op.failed = True
             if op.event is not None:
                 op.event.set()
-        if dropped and self._server is not None:
-            # Counted, not logged: losing the connection was logged already.
-            self._server.metrics.backplane_errors += dropped
+        if held and not self._closing:
+            held.extend(self._outbox)
+            self._outbox = deque()
+            self._outbox_size = 0
+            for op in held:
+                self._hold(op)
 
     def _resync(self, remote_entries: set[bytes], remote_conns: set[bytes]) -> None:
         """Make Redis and the subscriptions match local membership (no checkpoint).
@@ -777,6 +946,8 @@ class RedisBackplane(Backplane):
         origin = self._origin
         channel_rooms = self._channel_rooms
         header = _ROOM_HEADER.size
+        origins = self._origins
+        last_origin = origin
         async for push in sub.push_messages:
             kind = push[0]
             if kind == b"message":
@@ -795,6 +966,10 @@ class RedisBackplane(Backplane):
                     if data.startswith(origin):
                         stats.echoes += 1
                         continue
+                    if not data.startswith(last_origin):
+                        last_origin = data[:16]
+                        if last_origin != _SYSTEM_ORIGIN:
+                            origins.add(last_origin)
                     stats.room_received += 1
                     (size,) = _LEN.unpack_from(data, 16)
                     exclude = data[header : header + size].decode() if size else ""
@@ -818,22 +993,33 @@ class RedisBackplane(Backplane):
                 continue
             count = min(len(queue), self.max_batch)
             ops = [queue.popleft() for _ in range(count)]
-            results = await pub.create_request_batch(
-                [_command(*op.args) for op in ops], timeout=self.op_timeout
-            )
+            try:
+                results = await pub.create_request_batch(
+                    [_command(*op.args) for op in ops], timeout=self.op_timeout
+                )
+            except BaseException:
+                # Maybe sent, maybe not: back to the queue, which the outbox
+                # takes over (at least once: a message Redis did run before
+                # the connection broke goes again).
+                queue.extendleft(reversed(ops))
+                raise
             stats.batches += 1
             stats.commands += count
             fatal: BaseException | None = None
             failed = 0
+            retry: list[_Op] = []
             for op, result in zip(ops, results, strict=True):
                 if isinstance(result, BaseException):
+                    if isinstance(result, (RedisConnectionError, TimeoutError, NoScriptError)):
+                        fatal = fatal or result
+                        if op.kind != _MEMBERSHIP:
+                            retry.append(op)  # to the outbox, via the queue
+                            continue
+                    else:
+                        logger.debug("Redis command failed: %r", result)
                     op.failed = True
                     if op.kind != _MEMBERSHIP:
                         failed += 1
-                    if isinstance(result, (RedisConnectionError, TimeoutError, NoScriptError)):
-                        fatal = fatal or result
-                    else:
-                        logger.debug("Redis command failed: %r", result)
                 elif op.kind == _DIRECT_MESSAGE and isinstance(result, int) and result <= 0:
                     metrics.frames_dropped["unknown_dst"] += 1
                 if op.event is not None:
@@ -841,6 +1027,7 @@ class RedisBackplane(Backplane):
             if failed:
                 self._fail("cross-node send", failed)
             if fatal is not None:
+                queue.extendleft(reversed(retry))
                 raise fatal
 
     async def _heartbeat(self, client: Redis[bytes], sub: BaseConnection) -> None:
@@ -854,7 +1041,14 @@ class RedisBackplane(Backplane):
                 alive = await client.set(
                     self._p_alive + self._node, _node_label(), px=ttl_ms, condition=PureToken.XX
                 )
+                await client.set(
+                    self._p_ready + self._node, b"1", px=ttl_ms, condition=PureToken.XX
+                )
+                # The nodes whose subscriptions gate the outbox after an outage.
+                nodes = await client.smembers(self._k_nodes)
                 await sub.create_request(b"PING")
+            self._peers = {n for n in nodes if n != self._node}
+            self._origins.clear()  # registered nodes are in the peers now
             if not alive:
                 raise _StateLost("this node's state vanished from Redis; registering again")
             if time.monotonic() >= next_reconcile:
@@ -875,8 +1069,10 @@ class RedisBackplane(Backplane):
                 nodes = await client.smembers(self._k_nodes)
                 others = sorted(n for n in nodes if n != self._node)
                 if not others:
+                    self._peers = set()
                     continue
                 alive = await client.mget([self._p_alive + n for n in others])
+            self._peers = {n for n, v in zip(others, alive, strict=True) if v is not None}
             for node, value in zip(others, alive, strict=True):
                 if value is None:
                     await self._sweep(client, node)
@@ -923,7 +1119,13 @@ class RedisBackplane(Backplane):
             commands.append(self._unregister_args(cid.decode(errors="replace"), node))
         commands.append((b"SREM", self._k_nodes, node))
         commands.append(
-            (b"DEL", self._p_nodemembers + node, self._p_nodeconns + node, self._p_alive + node)
+            (
+                b"DEL",
+                self._p_nodemembers + node,
+                self._p_nodeconns + node,
+                self._p_alive + node,
+                self._p_ready + node,
+            )
         )
         return commands
 
