@@ -43,7 +43,7 @@ from websockets.frames import Close
 
 from .extension import ErrorCode, ReplayBuffer, error_message
 from .handshake import Request
-from .log import BoundedLog, ConnectionLogger
+from .log import ConnectionLogger
 from .protocol import encode
 from .wsframe import binary_frame
 
@@ -54,8 +54,6 @@ __all__ = ["CloseCode", "Connection", "OutboundBatch", "Transport", "deliver_to_
 
 logger = logging.getLogger("trioroom.connection")
 _WRITER = "trioroom.Connection._writer"
-#: Over-budget drops can come with every frame: logged at a bounded rate.
-_pressure_log = BoundedLog(logger)
 _FULL = {"slow_consumer": "queue full", "memory_budget": "server buffer budget full"}
 _HEARTBEAT = "trioroom.Connection._heartbeat"
 
@@ -477,7 +475,7 @@ class Connection:
         try:
             done = transport.send_now(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # The peer is gone, as when the writer finds out.
+            # The peer is gone (the writer finds out the same way).
             self._peer_gone()
             return
         if not done:
@@ -585,7 +583,8 @@ class Connection:
 
     def _log_over_budget(self, action: str) -> None:
         budget = self._budget
-        _pressure_log.log(
+        # The server's bounded log: over-budget drops can come with every frame.
+        self.server._drop_log.log(
             logging.WARNING,
             "memory_budget",
             "server buffer budget full (%d of %d bytes): %s",
@@ -733,11 +732,7 @@ class Connection:
                 await transport.write(frames)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 # The peer is gone; the reader will see EOF too.
-                if self.close_code is None:
-                    self.close_code = CloseCode.ABNORMAL_CLOSURE
-                    self.disconnect_reason = "peer"
-                self._graceful = False
-                scope.cancel()
+                self._peer_gone()
                 return
             self._write_started = None
             self._budget.used -= self._inflight_bytes

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import secrets
 import time
 import uuid
@@ -245,9 +244,14 @@ class Server:
         # hooks, and a coroutine per join and leave is not free.
         for hook in self._hooks[name]:
             try:
+                if limit is None:
+                    # Join and leave hooks run in the caller's own scope: no
+                    # cancel scope per hook call on that path.
+                    await hook(*args)
+                    continue
                 # Each hook has its own deadline: one that hangs must not
                 # starve the hooks registered after it.
-                with trio.move_on_after(math.inf if limit is None else limit) as scope:
+                with trio.move_on_after(limit) as scope:
                     await hook(*args)
             except Exception:
                 self.metrics.handler_errors += 1
