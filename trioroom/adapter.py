@@ -33,7 +33,7 @@ from websockets.datastructures import Headers
 
 from .connection import CloseCode
 from .extension import SUBPROTOCOL
-from .handshake import Reject, Request
+from .handshake import HANDSHAKES_IN_PROGRESS, Reject, Request
 from .wsframe import frame_payload
 
 if TYPE_CHECKING:
@@ -188,7 +188,7 @@ async def serve_trio_websocket(server: Server, request: trio_websocket.WebSocket
     # trio-websocket read the request already: the cap bounds how many wait
     # for authorize and the 101 from one address.
     if not server._count_handshake(address):
-        refusal = Reject(429, "Too many handshakes in progress from your address")
+        refusal = Reject(429, HANDSHAKES_IN_PROGRESS)
         with contextlib.suppress(trio_websocket.ConnectionClosed):
             await _reject(server, request, refusal)
         return

@@ -25,6 +25,10 @@ __all__ = [
 ]
 
 
+#: The body of the 429 for an address over ``max_handshakes_per_address``.
+HANDSHAKES_IN_PROGRESS = "Too many handshakes in progress from your address"
+
+
 class Reject(Exception):
     """Raise from ``authorize`` (or a join check) to refuse with an HTTP status.
 

@@ -62,6 +62,7 @@ from .extension import (
     session_message,
 )
 from .handshake import (
+    HANDSHAKES_IN_PROGRESS,
     Reject,
     Request,
     RequestError,
@@ -456,9 +457,7 @@ class Server:
                     if not capped:
                         forwarded_count = request.remote_address
                 if capped:
-                    response = protocol.reject(
-                        429, "Too many handshakes in progress from your address\n"
-                    )
+                    response = protocol.reject(429, HANDSHAKES_IN_PROGRESS + "\n")
                     claims = None
                 else:
                     response, claims = await self._negotiate(
@@ -643,9 +642,7 @@ class Server:
         if self._count_handshake(address):
             return True
         self.metrics.handshakes_rejected[429] += 1
-        response = ServerProtocol(logger=wire_logger).reject(
-            429, "Too many handshakes in progress from your address\n"
-        )
+        response = ServerProtocol(logger=wire_logger).reject(429, HANDSHAKES_IN_PROGRESS + "\n")
         with trio.move_on_after(1):
             try:
                 await stream.send_all(response.serialize())
