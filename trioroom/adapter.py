@@ -31,7 +31,7 @@ import trio
 import trio_websocket
 from websockets.datastructures import Headers
 
-from .connection import CloseCode
+from .codes import CloseCode
 from .extension import SUBPROTOCOL
 from .handshake import HANDSHAKES_IN_PROGRESS, Reject, Request
 from .wsframe import frame_payload

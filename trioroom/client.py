@@ -45,13 +45,21 @@ import ssl
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, Self, TypeVar, cast, overload
+from typing import Any, NoReturn, TypeVar, cast, overload
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 import trio
 import trio_websocket
 
+from .codes import RESUMABLE_CLOSE_CODES, ROOT, CloseCode
+from .exceptions import (
+    ClientError,
+    ConnectionClosed,
+    ConnectionRejected,
+    RequestFailed,
+    ServerError,
+)
 from .extension import (
     ACK,
     ERROR,
@@ -83,7 +91,6 @@ __all__ = [
 
 logger = logging.getLogger("trioroom.client")
 
-ROOT = "root"
 #: ``async handler(msg)``, registered with :meth:`Room.on`.
 MessageHandler = Callable[[Message], Awaitable[Any]]
 #: ``async handler(error)``, registered with :meth:`Client.on_error`.
@@ -99,102 +106,10 @@ _HANDLEABLE_RESERVED = _NOTICES
 #: Events of the extension start with this: never sent as custom events
 #: (a trioroom server drops them as malformed).
 _EXTENSION_PREFIX = "trioroom."
-_ABNORMAL = 1006
-#: Close codes after which a trioroom server keeps an extended session for a
-#: resume: no close frame (the network dropped) and its heartbeat or write
-#: timeout (1011). Every other code ends the session.
-RESUMABLE_CLOSE_CODES = frozenset({_ABNORMAL, 1011})
 #: Delays between resume attempts: the first attempt is immediate, then
 #: 0.1 s, 0.2 s, 0.4 s ... at most 2 s (each +-20% at random).
 _FIRST_DELAY = 0.1
 _MAX_DELAY = 2.0
-
-
-class ClientError(Exception):
-    """Base class of the client's errors."""
-
-
-class ConnectionClosed(ClientError):
-    """The connection is closed, so the operation cannot complete.
-
-    Attributes:
-        code: The WebSocket close code (1006 when the connection was lost
-            without a close frame).
-        reason: The close reason the server gave, if any.
-        local: ``True`` when this client closed the connection itself.
-    """
-
-    def __init__(self, code: int, reason: str = "", *, local: bool = False) -> None:
-        if local:
-            text = "connection closed by the client"
-        elif code == _ABNORMAL:
-            text = f"connection lost (1006): {reason or 'no close frame'}"
-        else:
-            text = f"connection closed by the server with code {code}"
-            if reason:
-                text += f": {reason}"
-        super().__init__(text)
-        self.code = code
-        self.reason = reason
-        self.local = local
-
-    def _copy(self) -> ConnectionClosed:
-        return ConnectionClosed(self.code, self.reason, local=self.local)
-
-
-class ConnectionRejected(ClientError):
-    """The server refused the WebSocket handshake with an HTTP status.
-
-    Attributes:
-        status: The HTTP status code (401, 403, 429, 503...).
-        body: The response body (the server's short explanation).
-    """
-
-    def __init__(self, status: int, body: bytes = b"") -> None:
-        text = body.decode(errors="replace").strip()
-        super().__init__(f"handshake rejected with HTTP {status}" + (f": {text}" if text else ""))
-        self.status = status
-        self.body = body
-
-
-class ServerError(ClientError):
-    """A ``trioroom.error`` event from the server (extended connections only).
-
-    Errors that answer no request (``rate_limited``, ``malformed``, a join of
-    a room lost with its session...) go to the handler registered with
-    :meth:`Client.on_error`; see ``docs/protocol.md`` for the codes.
-
-    Attributes:
-        code: What went wrong: ``join_refused``, ``rate_limited``,
-            ``malformed``, ``not_a_member``, ``unknown_destination``,
-            ``handler_error``, ``timeout``, or a code of the server
-            application's ``RequestError``.
-        message: The server's explanation.
-        event: The event concerned, if the server said.
-        room: The room field of the error frame.
-    """
-
-    def __init__(self, code: str, message: str = "", *, event: str = "", room: str = "") -> None:
-        super().__init__(f"{code}: {message}" if message else code)
-        self.code = code
-        self.message = message
-        self.event = event
-        self.room = room
-
-    def _copy(self) -> Self:
-        return type(self)(self.code, self.message, event=self.event, room=self.room)
-
-
-class RequestFailed(ServerError):
-    """A request, or a join on an extended connection, did not succeed.
-
-    Raised by :meth:`Room.request` and :meth:`Client.join`. ``code`` is the
-    server's (see :class:`ServerError`), or one of the client's own:
-    ``timeout`` (no answer within the request's timeout; the server uses the
-    same code when its handler ran out of time) and ``session_lost`` (the
-    request went out on a session that could not be resumed, so its answer
-    can never come).
-    """
 
 
 @attrs.frozen
@@ -465,7 +380,7 @@ class Room:
             return await self._queue.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             if self._error is not None:
-                raise self._error._copy() from None
+                raise self._error.copy() from None
             raise trio.EndOfChannel from None
 
     def __aiter__(self) -> AsyncIterator[Message]:
@@ -677,7 +592,7 @@ class Client(Room):
         """Wait until the connection ends; return why (it does not raise)."""
         await self._finished.wait()
         assert self._close is not None
-        return self._close._copy()
+        return self._close.copy()
 
     def on_error(self, handler: EH) -> EH:
         """Register ``async handler(error)`` for errors that answer no request.
@@ -755,7 +670,7 @@ class Client(Room):
                 room._queue_send.close()
                 self._cancelled_joins[name] += 1
         if room._refusal is not None:
-            raise room._refusal._copy()
+            raise room._refusal.copy()
         if room._state != "joined":
             raise self._closed_error()
         return room
@@ -791,14 +706,14 @@ class Client(Room):
 
     def _closed_error(self) -> ConnectionClosed:
         if self._close is not None:
-            return self._close._copy()
+            return self._close.copy()
         if self._closing:
             return ConnectionClosed(1000, "", local=True)
         ws = self._ws
         reason = ws.closed if ws is not None else None
         if reason is not None:
             return ConnectionClosed(reason.code, reason.reason or "")
-        return ConnectionClosed(_ABNORMAL)
+        return ConnectionClosed(CloseCode.ABNORMAL_CLOSURE)
 
     def _new_pending(
         self, kind: str, room: Room, event: str, *, dst: str = "", payload: bytes = b""
@@ -909,9 +824,13 @@ class Client(Room):
                 status = error.status_code
                 problem = f"handshake rejected with HTTP {status}"
                 if 400 <= status < 500 and status not in (408, 429):
-                    return ConnectionClosed(_ABNORMAL, f"could not resume: {problem}"), True
+                    return ConnectionClosed(
+                        CloseCode.ABNORMAL_CLOSURE, f"could not resume: {problem}"
+                    ), True
             elif isinstance(error, _CannotResume):
-                return ConnectionClosed(_ABNORMAL, f"could not resume: {error}"), True
+                return ConnectionClosed(
+                    CloseCode.ABNORMAL_CLOSURE, f"could not resume: {error}"
+                ), True
             elif isinstance(
                 error, OSError | ClientError | trio_websocket.HandshakeError | _AttemptFailed
             ):
@@ -921,7 +840,7 @@ class Client(Room):
             delay = min(_MAX_DELAY, _FIRST_DELAY * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
             if trio.current_time() + delay >= deadline:
                 text = f"not resumed within {window:g}s ({attempt} attempts; last: {problem})"
-                return ConnectionClosed(_ABNORMAL, text), True
+                return ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, text), True
             logger.info("resume attempt %d failed (%s); next in %.2fs", attempt, problem, delay)
             await trio.sleep(delay)
         return None, True
@@ -988,7 +907,7 @@ class Client(Room):
                     problem = f"no answer within {self._handshake_timeout:g}s (handshake_timeout)"
                     if resuming:
                         raise _AttemptFailed(problem)
-                    raise ConnectionClosed(_ABNORMAL, problem)
+                    raise ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, problem)
                 assert ws is not None
                 self._generation += 1
                 preamble: list[_Out] = []
@@ -1220,7 +1139,9 @@ class Client(Room):
             if wait.cancelled_caught and not self._stalling and stalls == self._stalls:
                 logger.info("no pong within %gs: the connection is lost", self._ping_timeout)
                 failure.append(
-                    ConnectionClosed(_ABNORMAL, f"no pong within {self._ping_timeout:g}s")
+                    ConnectionClosed(
+                        CloseCode.ABNORMAL_CLOSURE, f"no pong within {self._ping_timeout:g}s"
+                    )
                 )
                 scope.cancel()
                 return
@@ -1551,7 +1472,7 @@ def _error_of(msg: Message) -> ServerError:
 def _closed_by(reason: Any) -> ConnectionClosed:
     """Our :class:`ConnectionClosed` for trio-websocket's close reason."""
     if reason is None:
-        return ConnectionClosed(_ABNORMAL)
+        return ConnectionClosed(CloseCode.ABNORMAL_CLOSURE)
     return ConnectionClosed(reason.code, reason.reason or "")
 
 
@@ -1583,7 +1504,9 @@ class _WatchedStream(trio.abc.Stream):
 
     async def raise_on_eof(self) -> None:
         await self.ended.wait()
-        raise ConnectionClosed(_ABNORMAL, "connection closed before the WebSocket handshake")
+        raise ConnectionClosed(
+            CloseCode.ABNORMAL_CLOSURE, "connection closed before the WebSocket handshake"
+        )
 
 
 def _host_and_resource(
@@ -1736,5 +1659,5 @@ async def connect(
         if isinstance(error, trio_websocket.ConnectionRejected):
             raise ConnectionRejected(error.status_code, error.body or b"") from None
         if isinstance(error, trio_websocket.HandshakeError):
-            raise ConnectionClosed(_ABNORMAL, str(error)) from error
+            raise ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, str(error)) from error
         _reraise(error)

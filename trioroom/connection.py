@@ -41,7 +41,8 @@ import trio
 from websockets.exceptions import ProtocolError
 from websockets.frames import Close
 
-from .extension import ErrorCode, ReplayBuffer, error_message
+from .codes import ROOT, CloseCode, ErrorCode
+from .extension import ReplayBuffer, error_message
 from .handshake import Request
 from .log import ConnectionLogger
 from .protocol import encode
@@ -56,22 +57,6 @@ logger = logging.getLogger("trioroom.connection")
 _WRITER = "trioroom.Connection._writer"
 _FULL = {"slow_consumer": "queue full", "memory_budget": "server buffer budget full"}
 _HEARTBEAT = "trioroom.Connection._heartbeat"
-
-
-class CloseCode:
-    """WebSocket close codes the server sends. See ``docs/operations.md``."""
-
-    NORMAL = 1000
-    GOING_AWAY = 1001  # graceful shutdown
-    PROTOCOL_ERROR = 1002
-    POLICY_VIOLATION = 1008  # too many malformed frames, rate limit, ping flood
-    MESSAGE_TOO_BIG = 1009
-    ABNORMAL_CLOSURE = 1006  # recorded when the peer vanished without a close frame
-    INTERNAL_ERROR = 1011  # heartbeat or write timeout
-    TRY_AGAIN_LATER = 1013  # connection limits
-    KICKED = 4000
-    SLOW_CONSUMER = 4001
-    ROOM_CLOSED = 4002
 
 
 class Transport(Protocol):
@@ -354,7 +339,7 @@ class Connection:
     # -- sending ---------------------------------------------------------
 
     async def send(
-        self, event: str, payload: bytes | str = b"", *, room: str = "root", src: str = ""
+        self, event: str, payload: bytes | str = b"", *, room: str = ROOT, src: str = ""
     ) -> bool:
         """Send an event to this connection only.
 
@@ -684,7 +669,7 @@ class Connection:
                     self._deliver(
                         binary_frame(
                             error_message(
-                                "root", ErrorCode.MESSAGE_TOO_BIG, error[1] or "message too big"
+                                ROOT, ErrorCode.MESSAGE_TOO_BIG, error[1] or "message too big"
                             )
                         )
                     )

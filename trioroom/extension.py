@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from .budget import Budget
+from .codes import ROOT
 from .protocol import encode
 
 __all__ = [
@@ -57,21 +58,6 @@ ERROR = "trioroom.error"
 
 #: Frames about the socket rather than the session: never numbered or replayed.
 UNNUMBERED = frozenset({SESSION, RESUMED, NOT_RESUMED})
-
-
-class ErrorCode:
-    """Codes of ``trioroom.error`` (documented in ``docs/protocol.md``)."""
-
-    JOIN_REFUSED = "join_refused"
-    RATE_LIMITED = "rate_limited"
-    MESSAGE_TOO_BIG = "message_too_big"
-    MALFORMED = "malformed"
-    HANDLER_ERROR = "handler_error"
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"
-    NOT_A_MEMBER = "not_a_member"
-    UNKNOWN_DESTINATION = "unknown_destination"
-    BACKPLANE_UNAVAILABLE = "backplane_unavailable"
 
 
 def request_ref(src: str) -> str | None:
@@ -106,17 +92,17 @@ def error_message(
 
 def session_message(token: str, window: float, conn_id: str) -> bytes:
     body = {"token": token, "resume_window": window, "id": conn_id}
-    return encode("root", SESSION, "", "", json.dumps(body, separators=(",", ":")).encode())
+    return encode(ROOT, SESSION, "", "", json.dumps(body, separators=(",", ":")).encode())
 
 
 def resumed_message(conn_id: str, replayed: int) -> bytes:
     body = {"id": conn_id, "replayed": replayed}
-    return encode("root", RESUMED, "", "", json.dumps(body, separators=(",", ":")).encode())
+    return encode(ROOT, RESUMED, "", "", json.dumps(body, separators=(",", ":")).encode())
 
 
 def not_resumed_message(reason: str) -> bytes:
     body = {"reason": reason}
-    return encode("root", NOT_RESUMED, "", "", json.dumps(body, separators=(",", ":")).encode())
+    return encode(ROOT, NOT_RESUMED, "", "", json.dumps(body, separators=(",", ":")).encode())
 
 
 @attrs.define

@@ -14,6 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 import attrs
 from websockets.datastructures import Headers
 
+from .exceptions import Reject, RequestError
+
 __all__ = [
     "Reject",
     "Request",
@@ -27,31 +29,6 @@ __all__ = [
 
 #: The body of the 429 for an address over ``max_handshakes_per_address``.
 HANDSHAKES_IN_PROGRESS = "Too many handshakes in progress from your address"
-
-
-class Reject(Exception):
-    """Raise from ``authorize`` (or a join check) to refuse with an HTTP status.
-
-    ``status`` is sent before any WebSocket frame, with ``body`` as a short
-    plain-text explanation.
-    """
-
-    def __init__(self, status: int = 401, body: str = "Unauthorized") -> None:
-        super().__init__(f"{status} {body}")
-        self.status = status
-        self.body = body
-
-
-class RequestError(Exception):
-    """Raise from a handler to answer an extended client's request with an error.
-
-    ``code`` and the message reach the client in a ``trioroom.error`` event;
-    any other exception is reported as ``handler_error`` without its text.
-    """
-
-    def __init__(self, message: str, code: str = "handler_error") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @attrs.frozen(eq=False)

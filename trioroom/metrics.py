@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from .connection import CloseCode
+from .codes import CloseCode
 
 __all__ = ["KNOWN_CLOSE_CODES", "Metrics", "PrometheusCollector", "close_code_label"]
 

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from .exceptions import FrameError
+
 __all__ = [
     "CONTROL_CHARACTERS",
     "HEADER_SIZE",
@@ -68,19 +70,6 @@ _STRING_FIELDS = ("room", "event", "dst", "src")
 #: Such names would reach logs, Redis keys and other clients' screens, and no
 #: real application needs them; the server refuses them (see docs/protocol.md).
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-class FrameError(ValueError):
-    """A frame does not follow the wire format.
-
-    The message says what is wrong and at which byte offset; :attr:`offset`
-    holds that offset for programs.
-    """
-
-    def __init__(self, reason: str, offset: int) -> None:
-        super().__init__(f"malformed frame: {reason} at offset {offset}")
-        self.reason = reason
-        self.offset = offset
 
 
 def encode(room: str, event: str, dst: str, src: str, payload: bytes) -> bytes:

@@ -40,8 +40,8 @@ from websockets.typing import Subprotocol
 
 from .backplane import Backplane, LocalBackplane
 from .budget import Budget
+from .codes import ROOT, CloseCode, ErrorCode
 from .connection import (
-    CloseCode,
     Connection,
     OutboundBatch,
     Transport,
@@ -52,7 +52,6 @@ from .extension import (
     ACK,
     EXTENSION_PREFIX,
     SUBPROTOCOL,
-    ErrorCode,
     ReplayBuffer,
     error_message,
     not_resumed_message,
@@ -112,7 +111,6 @@ AuthorizeJoinCallback = Callable[[Connection, str], Awaitable[bool]]
 ProcessRequestCallback = Callable[[Request], Awaitable[Response | None]]
 H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
 
-ROOT = "root"
 #: Finds a character that may not appear in room and event names.
 _find_control = CONTROL_CHARACTERS.search
 _PLAIN_HTTP = object()

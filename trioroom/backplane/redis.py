@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ..extension import ErrorCode
+from ..codes import ROOT, ErrorCode
 from ..log import BoundedLog
 from ..protocol import FrameError, decode_fields, encode
 from .base import Backplane
@@ -70,7 +70,6 @@ __all__ = ["RedisBackplane", "RedisStats"]
 
 logger = logging.getLogger("trioroom.backplane.redis")
 
-ROOT = "root"
 
 #: Envelope of a room message: origin node (16 bytes), length of ``exclude``.
 _ROOM_HEADER = struct.Struct(">16sH")
