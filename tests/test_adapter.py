@@ -14,7 +14,7 @@ import trio
 import trio_websocket
 
 from trioroom import CloseCode, Connection, Message, Request, Server
-from trioroom.adapter import request_from_trio_websocket
+from trioroom.engines.trio_websocket import request_from_trio_websocket
 
 from .wire import HandshakeRejected, RawClient, wait_until
 
@@ -102,7 +102,7 @@ async def test_limits_and_rejections_answer_before_the_upgrade(nursery: trio.Nur
     await a.close()
     await wait_until(lambda: not server.connections)
     c = await RawClient.connect(address)
-    assert server._handshaking == 0
+    assert server.admission.handshaking == 0
     await c.close()
 
 

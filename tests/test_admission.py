@@ -115,10 +115,10 @@ async def test_simultaneous_upgrades_with_a_slow_authorize_get_exactly_the_limit
     assert len(accepted) == 3
     assert refused == [429] * 7
     assert entered == 3
-    assert server._per_address == {"127.0.0.1": 3}
+    assert server.admission.slots() == {"127.0.0.1": 3}
     for client in accepted:
         await client.close()
-    await wait_until(lambda: not server._per_address)
+    await wait_until(lambda: not server.admission.slots())
 
 
 async def test_the_reserved_slot_is_released_on_every_failed_admission(
@@ -146,21 +146,21 @@ async def test_the_reserved_slot_is_released_on_every_failed_admission(
     for mode in ("refuse", "reject", "raise", "hang"):
         with pytest.raises((HandshakeRejected, ConnectionError, trio.BrokenResourceError)):
             await RawClient.connect(address)
-        await wait_until(lambda: not server._per_address)
-        assert server._handshaking == 0, mode
+        await wait_until(lambda: not server.admission.slots())
+        assert server.admission.handshaking == 0, mode
     mode = "ok"
     client = await RawClient.connect(address)
-    assert server._per_address == {"127.0.0.1": 1}
+    assert server.admission.slots() == {"127.0.0.1": 1}
     await client.close()
-    await wait_until(lambda: not server._per_address)
+    await wait_until(lambda: not server.admission.slots())
     # The client goes away while authorize runs.
     mode = "hang"
     stream = await trio.open_tcp_stream(*address)
     await stream.send_all(("\r\n".join(upgrade(f"127.0.0.1:{address[1]}")) + "\r\n\r\n").encode())
-    await wait_until(lambda: server._per_address == {"127.0.0.1": 1})
+    await wait_until(lambda: server.admission.slots() == {"127.0.0.1": 1})
     await stream.aclose()
-    await wait_until(lambda: not server._per_address)
-    assert server._handshaking == 0
+    await wait_until(lambda: not server.admission.slots())
+    assert server.admission.handshaking == 0
 
 
 async def test_a_resumed_session_holds_one_slot(start_server: StartServer) -> None:
@@ -171,7 +171,7 @@ async def test_a_resumed_session_holds_one_slot(start_server: StartServer) -> No
     raw.reset()
     await wait_until(lambda: (c := server.connection(session["id"])) is not None and c.suspended)
     # The suspended session keeps its slot.
-    assert server._per_address == {"127.0.0.1": 1}
+    assert server.admission.slots() == {"127.0.0.1": 1}
     resumed = await RawClient.connect(
         address,
         path=f"/ws?resume={session['token']}&last=0",
@@ -180,10 +180,10 @@ async def test_a_resumed_session_holds_one_slot(start_server: StartServer) -> No
     )
     assert (await resumed.recv()).event == "trioroom.resumed"
     # The resuming socket's slot is the session's now; the old one is free.
-    assert server._per_address == {"127.0.0.1": 1}
+    assert server.admission.slots() == {"127.0.0.1": 1}
     await resumed.close()
-    await wait_until(lambda: not server._per_address)
-    assert server._handshaking == 0
+    await wait_until(lambda: not server.admission.slots())
+    assert server.admission.handshaking == 0
 
 
 @pytest.mark.native_only
@@ -194,7 +194,7 @@ async def test_idle_sockets_from_one_address_cannot_lock_out_others(
     from one address they may hold only max_handshakes_per_address of them."""
     server, address = await start_server(max_connections=4, max_handshakes_per_address=2)
     idle = [await trio.open_tcp_stream(*address) for _ in range(2)]
-    await wait_until(lambda: server._handshaking == 2)
+    await wait_until(lambda: server.admission.handshaking == 2)
     # More from the same address are refused at once, before any request.
     status, body = await http_exchange(address, upgrade(f"127.0.0.1:{address[1]}"))
     assert (status, body) == (429, b"Too many handshakes in progress from your address\n")
@@ -207,7 +207,7 @@ async def test_idle_sockets_from_one_address_cannot_lock_out_others(
     for stream in idle + extra:
         await stream.aclose()
     await client.close()
-    await wait_until(lambda: server._handshaking == 0 and not server._handshakes)
+    await wait_until(lambda: server.admission.handshaking == 0 and not server.admission.handshakes())
 
 
 # -- item 4: the client's address behind a trusted proxy -----------------------------------
@@ -304,10 +304,10 @@ async def test_a_trusted_proxy_forwards_the_client_address(start_server: StartSe
     with pytest.raises(HandshakeRejected) as refused:
         await RawClient.connect(address, headers=[("X-Forwarded-For", "203.0.113.7")])
     assert refused.value.status == 429
-    assert server._per_address == {"203.0.113.7": 1, "2001:db8::1": 1}
+    assert server.admission.slots() == {"203.0.113.7": 1, "2001:db8::1": 1}
     await ann.close()
     await bob.close()
-    await wait_until(lambda: not server._per_address)
+    await wait_until(lambda: not server.admission.slots())
 
 
 async def test_forwarded_headers_from_an_untrusted_peer_are_ignored(
@@ -361,7 +361,7 @@ async def test_a_trusted_proxy_is_not_capped_as_one_client(start_server: StartSe
     assert (len(accepted), refused) == (6, [429])
     for client in accepted:
         await client.close()
-    await wait_until(lambda: not server._handshakes and not server._per_address)
+    await wait_until(lambda: not server.admission.handshakes() and not server.admission.slots())
 
 
 # -- item 10: DNS rebinding -------------------------------------------------------------------

@@ -58,9 +58,9 @@ async def test_200_connections_vanishing_abruptly_leave_nothing(
             client.reset()  # TCP RST, no close frame
         await wait_until(lambda: not server.connections and not tasks.per_connection())
         assert await server.rooms() == []
-        assert server._rooms.names() == []
+        assert server.hub.room_names() == []
         assert server.metrics.connections_closed == 200
-        assert not server._per_address
+        assert not server.admission.slots()
         assert server.stats()["queued_frames"] == 0
     finally:
         trio.lowlevel.remove_instrument(tasks)
@@ -81,10 +81,10 @@ async def test_connection_closed_in_the_middle_of_a_join_leaves_no_state(
     a = await RawClient.connect(address)
     await a.send(Message("lobby", "join"))
     await entered.wait()
-    assert server._rooms.names() == ["root"]
+    assert server.hub.room_names() == ["root"]
     await server.kick(a.id)
     assert not server.connections
-    assert server._rooms.names() == []
+    assert server.hub.room_names() == []
 
 
 async def test_kick_and_shutdown_close_with_codes(start_server: StartServer) -> None:
@@ -102,4 +102,4 @@ async def test_kick_and_shutdown_close_with_codes(start_server: StartServer) -> 
         assert (await b.recv()).event == "last-words"
         assert await b.wait_closed() == (1001, "server shutting down")
     await wait_until(lambda: not server.connections)
-    assert server._rooms.names() == []
+    assert server.hub.room_names() == []

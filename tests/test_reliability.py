@@ -17,7 +17,7 @@ from websockets.server import ServerProtocol
 
 from trioroom import CloseCode, Connection, Message, Server
 from trioroom.metrics import PrometheusCollector
-from trioroom.transport import StreamTransport
+from trioroom.engines.native import StreamTransport
 from trioroom.wsframe import binary_frame
 
 from .wire import HandshakeRejected, RawClient, StartServer, memory_client, wait_until

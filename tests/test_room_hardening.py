@@ -88,7 +88,7 @@ async def test_member_list_is_encoded_once_per_membership_change(nursery: trio.N
     clients = [await memory_client(server, nursery) for _ in range(6)]
     for client in clients[:2]:
         await client.join("lobby")
-    room = server._rooms.get("lobby")
+    room = server.hub.room("lobby")
     assert room is not None
     # A join changed the membership: the next join encodes afresh.
     assert room.member_list is None

@@ -1,81 +1,61 @@
-"""Room registry rules, without sockets."""
+"""Room locks, without sockets: a lock exists only while a task holds or waits for it.
+
+(Rooms themselves are the hub's, created and removed synchronously: see
+tests/test_hub.py.)
+"""
 
 from __future__ import annotations
 
 import trio
 import trio.testing
 
-from trioroom.rooms import RoomRegistry
+from trioroom.locks import RoomLocks
 
 
-async def test_rooms_are_created_on_demand_and_removed_when_empty() -> None:
-    registry: RoomRegistry[str] = RoomRegistry()
-    async with registry.locked("lobby", create=True) as room:
-        assert room is not None
-        room.members["a"] = "A"
-    assert registry.names() == ["lobby"]
-    async with registry.locked("lobby", create=False) as room:
-        assert room is not None
-        del room.members["a"]
-    assert registry.names() == []
-    assert room.closed
+async def test_a_lock_exists_only_while_held() -> None:
+    locks = RoomLocks()
+    async with locks.hold("lobby"):
+        assert len(locks) == 1
+    assert len(locks) == 0
 
 
-async def test_lookup_without_create_yields_none_and_creates_nothing() -> None:
-    registry: RoomRegistry[str] = RoomRegistry()
-    async with registry.locked("nowhere", create=False) as room:
-        assert room is None
-    assert len(registry) == 0
-
-
-async def test_block_that_adds_nobody_leaves_no_room() -> None:
-    registry: RoomRegistry[str] = RoomRegistry()
-    async with registry.locked("lobby", create=True):
-        pass
-    assert len(registry) == 0
-
-
-async def test_cancelled_while_holding_the_lock_leaves_no_empty_room() -> None:
-    registry: RoomRegistry[str] = RoomRegistry()
+async def test_cancelled_while_holding_the_lock_leaves_nothing() -> None:
+    locks = RoomLocks()
     with trio.CancelScope() as scope:
-        async with registry.locked("lobby", create=True):
+        async with locks.hold("lobby"):
             scope.cancel()
             await trio.sleep_forever()
-    assert len(registry) == 0
+    assert len(locks) == 0
 
 
-async def test_cancelled_while_waiting_for_a_new_room_lock_leaves_no_room() -> None:
-    registry: RoomRegistry[str] = RoomRegistry()
+async def test_cancelled_before_taking_the_lock_leaves_nothing() -> None:
+    locks = RoomLocks()
     with trio.CancelScope() as scope:
         scope.cancel()
-        async with registry.locked("lobby", create=True):
+        async with locks.hold("lobby"):
             raise AssertionError("not reached")  # pragma: no cover
-    assert len(registry) == 0
+    assert len(locks) == 0
 
 
-async def test_join_racing_removal_of_an_empty_room_gets_a_live_room() -> None:
-    """A joiner that waited on the lock of a room being emptied must not join a dead room."""
-    registry: RoomRegistry[str] = RoomRegistry()
-    async with registry.locked("lobby", create=True) as room:
-        assert room is not None
-        room.members["a"] = "A"
-    old = registry.get("lobby")
-    joined = []
+async def test_changes_of_one_room_are_serialised_and_a_cancelled_waiter_leaves_nothing() -> None:
+    locks = RoomLocks()
+    order: list[str] = []
 
-    async def joiner() -> None:
-        async with registry.locked("lobby", create=True) as room:
-            assert room is not None
-            room.members["b"] = "B"
-            joined.append(room)
+    async def change(name: str, scope: trio.CancelScope | None = None) -> None:
+        with scope or trio.CancelScope():
+            async with locks.hold("lobby"):
+                order.append(name)
 
+    waiter = trio.CancelScope()
     async with trio.open_nursery() as nursery:
-        async with registry.locked("lobby", create=False) as room:
-            assert room is old
-            nursery.start_soon(joiner)
+        async with locks.hold("lobby"):
+            nursery.start_soon(change, "second")
+            nursery.start_soon(change, "cancelled", waiter)
             await trio.testing.wait_all_tasks_blocked()
-            del room.members["a"]  # the last member leaves while the joiner waits
-    assert old is not None and old.closed
-    (live,) = joined
-    assert live is not old
-    assert registry.get("lobby") is live
-    assert "b" in live.members
+            waiter.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            order.append("first")
+            async with locks.hold("elsewhere"):  # another room is not blocked
+                order.append("other room")
+    assert order == ["first", "other room", "second"]
+    assert len(locks) == 0

@@ -580,8 +580,8 @@ async def test_concurrent_joins_and_leaves_never_ack_a_non_member(
         for client in clients:
             nursery.start_soon(churn, client)
     assert sorted(await server.members("hot")) == sorted(c.id for c in clients)
-    room = server._rooms.get("hot")
-    assert room is not None and not room.closed
+    room = server.hub.room("hot")
+    assert room is not None and len(room) == len(clients)
 
 
 async def test_slow_consumer_dropped_during_broadcast_does_not_hurt_others(

@@ -8,13 +8,13 @@ produces. The command line exposes each one as a flag and as a
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import attrs
 
 from .handshake import TrustedProxies
 
-__all__ = ["RateLimitPolicy", "Settings", "SlowConsumerPolicy"]
+__all__ = ["RateLimitPolicy", "Settings", "SettingsOverrides", "SlowConsumerPolicy"]
 
 SlowConsumerPolicy = Literal["disconnect", "drop_oldest"]
 RateLimitPolicy = Literal["close", "drop"]
@@ -184,3 +184,51 @@ class Settings:
     #: loopback accepts only loopback hosts (against DNS rebinding), others
     #: any host.
     allowed_hosts: tuple[str, ...] | None = attrs.field(default=None, converter=_address_list)
+
+
+class SettingsOverrides(TypedDict, total=False):
+    """The fields of :class:`Settings`, as keyword arguments of :class:`~trioroom.Server`.
+
+    ``Server(root_notices=False)`` is ``Server(Settings(root_notices=False))``;
+    this type lets a type checker check the names and types. The defaults are
+    those of :class:`Settings` (``tests/test_settings.py`` keeps the two in step).
+    """
+
+    path: str
+    root_notices: bool
+    root_member_list_limit: int
+    member_list_limit: int
+    queue_frames: int
+    queue_bytes: int
+    max_buffered_bytes: int
+    slow_consumer_policy: SlowConsumerPolicy
+    write_timeout: float
+    ping_interval: float | None
+    ping_timeout: float
+    handshake_timeout: float
+    close_timeout: float
+    shutdown_timeout: float
+    hook_timeout: float
+    max_message_size: int
+    max_field_length: int
+    max_rooms_per_connection: int
+    max_members_per_room: int
+    max_connections: int
+    max_connections_per_address: int
+    max_handshakes_per_address: int
+    rate_limit: float | None
+    rate_burst: int
+    rate_limit_policy: RateLimitPolicy
+    max_bad_frames: int
+    ping_rate_limit: float | None
+    ping_burst: int
+    resume_window: float
+    resume_buffer_frames: int
+    resume_buffer_bytes: int
+    request_timeout: float
+    allowed_origins: Iterable[str] | None
+    allow_all_origins: bool
+    cors_origins: Iterable[str] | None
+    health_requires_backplane: bool
+    forwarded_allow_ips: str | Iterable[str] | None
+    allowed_hosts: str | Iterable[str] | None

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ..codes import ROOT, ErrorCode
+from ..codes import ROOT
 from ..log import BoundedLog
 from ..protocol import FrameError, decode_fields, encode
 from .base import Backplane
@@ -558,14 +558,9 @@ class RedisBackplane(Backplane):
             room, event, _dst, src, _payload = decode_fields(message)
         except FrameError:  # pragma: no cover - we encoded it
             return
-        sender = server.connection(src) if src else None
-        if sender is not None and sender.extended:
-            server._send_error(
-                sender,
-                room,
-                ErrorCode.BACKPLANE_UNAVAILABLE,
-                f"not delivered to other nodes: Redis is unreachable and {why}",
-                event=event,
+        if src:
+            server.tell_backplane_unavailable(
+                src, room, event, f"not delivered to other nodes: Redis is unreachable and {why}"
             )
 
     def _release_outbox(self) -> None:

@@ -31,14 +31,12 @@ import trio
 import trio_websocket
 from websockets.datastructures import Headers
 
-from .codes import CloseCode
-from .extension import SUBPROTOCOL
-from .handshake import HANDSHAKES_IN_PROGRESS, Reject, Request
-from .wsframe import frame_payload
-
-if TYPE_CHECKING:
-    from .connection import Transport
-    from .server import Server
+from ..codes import CloseCode
+from ..exceptions import Reject
+from ..extension import SUBPROTOCOL
+from ..handshake import HANDSHAKES_IN_PROGRESS, Request
+from ..wsframe import frame_payload
+from .base import Endpoint, Transport
 
 __all__ = ["TrioWebsocketTransport", "request_from_trio_websocket", "serve_trio_websocket"]
 
@@ -171,67 +169,74 @@ def request_from_trio_websocket(request: trio_websocket.WebSocketRequest) -> Req
     return Request(request.path, Headers(pairs), address)
 
 
-async def serve_trio_websocket(server: Server, request: trio_websocket.WebSocketRequest) -> None:
+async def serve_trio_websocket(
+    endpoint: Endpoint, request: trio_websocket.WebSocketRequest
+) -> None:
     """Admit, accept and serve one trio-websocket request (see the module docstring).
 
     Never raises for a failing connection: errors are logged.
     """
-    trequest = server.client_request(request_from_trio_websocket(request))
+    admission = endpoint.admission
+    trequest = admission.client_request(request_from_trio_websocket(request))
     try:
         # The listeners are trio-websocket's: only allowed_hosts applies.
-        server._screen(trequest, loopback_only=False)
+        admission.screen(trequest, loopback_only=False)
     except Reject as exc:
         with contextlib.suppress(trio_websocket.ConnectionClosed):
-            await _reject(server, request, exc)
+            await _reject(endpoint, request, exc)
         return
     address = trequest.remote_address
     # trio-websocket read the request already: the cap bounds how many wait
     # for authorize and the 101 from one address.
-    if not server._count_handshake(address):
+    if not admission.begin_handshake(address):
         refusal = Reject(429, HANDSHAKES_IN_PROGRESS)
         with contextlib.suppress(trio_websocket.ConnectionClosed):
-            await _reject(server, request, refusal)
+            await _reject(endpoint, request, refusal)
         return
     # Count the connection while it is admitted, as the native engine does, so
     # that concurrent handshakes cannot exceed max_connections.
-    server._handshaking += 1
+    admission.handshaking += 1
     counted = True
     try:
         # One deadline for admission (authorize included) and the 101.
-        with trio.move_on_after(server.settings.handshake_timeout) as deadline:
+        with trio.move_on_after(endpoint.settings.handshake_timeout) as deadline:
             try:
-                claims = await server.admit(trequest)
+                claims = await admission.admit(trequest)
             except Reject as exc:
-                await _reject(server, request, exc)
+                await _reject(endpoint, request, exc)
                 return
             # Offer the trioroom.v1 extension to clients that ask for it.
             proposed = request.proposed_subprotocols
             subprotocol = SUBPROTOCOL if SUBPROTOCOL in proposed else None
             ws = await request.accept(subprotocol=subprotocol)
         if deadline.cancelled_caught:
-            server.metrics.handshakes_rejected[408] += 1
+            endpoint.metrics.handshakes_rejected[408] += 1
             return
-        transport = TrioWebsocketTransport(ws, server.settings.max_message_size)
-        server._handshaking -= 1
+        transport = TrioWebsocketTransport(ws, endpoint.settings.max_message_size)
+        admission.handshaking -= 1
         counted = False
-        server._end_handshake(address)
+        admission.end_handshake(address)
         address = None
-        await server.handle_transport(transport, trequest, claims, extended=subprotocol is not None)
+        await endpoint.handle_transport(
+            transport, trequest, claims, extended=subprotocol is not None
+        )
     except trio_websocket.ConnectionClosed:
         logger.debug("client %s went away during the handshake", trequest.remote_address)
     except Exception:
         logger.exception("connection from %s failed", trequest.remote_address)
     finally:
         if counted:
-            server._handshaking -= 1
-        server._end_handshake(address)
+            admission.handshaking -= 1
+        admission.end_handshake(address)
         # A no-op once handle_transport's connection holds the slot.
-        server.release_admission(trequest)
+        admission.release(trequest)
 
 
-async def _reject(server: Server, request: trio_websocket.WebSocketRequest, exc: Reject) -> None:
-    server.metrics.handshakes_rejected[exc.status] += 1
-    with trio.move_on_after(server.settings.handshake_timeout):
+async def _reject(
+    endpoint: Endpoint, request: trio_websocket.WebSocketRequest, exc: Reject
+) -> None:
+    endpoint.metrics.handshakes_rejected[exc.status] += 1
+    with trio.move_on_after(endpoint.settings.handshake_timeout):
         await request.reject(
             exc.status,
             extra_headers=[(b"Content-Type", b"text/plain; charset=utf-8")],

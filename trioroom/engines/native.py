@@ -16,17 +16,31 @@ a frame hand it to the kernel at once, without waking the writer, and reads
 wait for readiness once and then call ``recv`` without another trip through
 the scheduler. What the kernel does not take stays here, in front of
 everything else, until the writer has written it.
+
+:func:`serve_stream` runs the opening handshake on an accepted stream: one
+deadline for reading the request, admission (``authorize`` included) and the
+answer; then the connection is the server's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import trio
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from ..exceptions import Reject
+from ..extension import SUBPROTOCOL
+from ..handshake import HANDSHAKES_IN_PROGRESS, Request
+from .base import Endpoint, Transport
 
 __all__ = ["StreamTransport", "close_socket_now", "close_stream", "receive_some", "send_all"]
 
@@ -381,3 +395,207 @@ class StreamTransport:
         finally:
             self._ended = True
             await close_stream(self._stream)
+
+
+if TYPE_CHECKING:  # mypy checks that the class implements the Transport protocol
+
+    def _implements_transport(transport: StreamTransport) -> Transport:
+        return transport
+
+
+logger = logging.getLogger("trioroom.server")
+wire_logger = logging.getLogger("trioroom.wire")
+_PLAIN_HTTP = object()
+
+
+async def serve_stream(
+    endpoint: Endpoint, stream: trio.abc.Stream, *, loopback_only: bool = False
+) -> None:
+    """Run the opening handshake on ``stream``, then serve the connection.
+
+    ``loopback_only`` says the stream came from listeners bound only to
+    loopback addresses (see :meth:`trioroom.Server.handle_stream`). Never
+    raises: every failure is logged and the stream is closed.
+    """
+    admission = endpoint.admission
+    settings = endpoint.settings
+    remote = remote_address(stream)
+    # A trusted proxy carries many clients: each is counted by its
+    # forwarded address once the request is read (see _open).
+    capped = None if remote in admission.trusted_proxies else remote
+    if not await _begin_handshake(endpoint, capped, stream):
+        await close_stream(stream)
+        return
+    protocol = ServerProtocol(
+        max_size=settings.max_message_size,
+        logger=wire_logger,
+        subprotocols=[Subprotocol(SUBPROTOCOL)],
+        select_subprotocol=_select_extension,
+    )
+    admission.handshaking += 1
+    counted = True
+    try:
+        try:
+            opened = await _open(endpoint, stream, protocol, remote, loopback_only)
+        finally:
+            admission.end_handshake(capped)
+        if opened is None:
+            return
+        request, claims = opened
+        transport = StreamTransport(
+            stream, protocol, ping_rate=settings.ping_rate_limit, ping_burst=settings.ping_burst
+        )
+        # handle_transport counts the connection from here on.
+        admission.handshaking -= 1
+        counted = False
+        extended = protocol.subprotocol == SUBPROTOCOL
+        await endpoint.handle_transport(transport, request, claims, extended=extended)
+    except Exception:
+        logger.exception("connection from %s failed", remote)
+    finally:
+        if counted:
+            admission.handshaking -= 1
+        # A plain socket closes synchronously: no shielded scope needed.
+        if not close_socket_now(stream):
+            with trio.CancelScope(shield=True):
+                await close_stream(stream)
+
+
+async def _open(
+    endpoint: Endpoint,
+    stream: trio.abc.Stream,
+    protocol: ServerProtocol,
+    remote: str | None,
+    loopback_only: bool,
+) -> tuple[Request, Any] | None:
+    """The opening handshake: ``(request, claims)`` once the 101 is sent, else ``None``.
+
+    One deadline, ``handshake_timeout``, covers all of it: reading the
+    request, deciding (``authorize`` included) and sending the answer.
+    """
+    admission = endpoint.admission
+    request: Request | None = None
+    forwarded_count: str | None = None
+    accepted = False
+    try:
+        with trio.move_on_after(endpoint.settings.handshake_timeout) as deadline:
+            ws_request = await _read_request(stream, protocol)
+            if ws_request is None:
+                return None
+            request = admission.client_request(Request(ws_request.path, ws_request.headers, remote))
+            capped = False
+            if remote in admission.trusted_proxies:
+                capped = not admission.begin_handshake(request.remote_address)
+                if not capped:
+                    forwarded_count = request.remote_address
+            if capped:
+                response = protocol.reject(429, HANDSHAKES_IN_PROGRESS + "\n")
+                claims = None
+            else:
+                response, claims = await _negotiate(
+                    endpoint, request, ws_request, protocol, loopback_only
+                )
+            if response.status_code != 101 and claims is not _PLAIN_HTTP:
+                endpoint.metrics.handshakes_rejected[response.status_code] += 1
+            protocol.send_response(response)
+            await send_all(stream, b"".join(protocol.data_to_send()))
+            if response.status_code != 101:
+                return None
+            accepted = True
+            return request, claims
+    finally:
+        # Refused, timed out, cancelled or failed after admission: the
+        # slot admit() reserved goes back.
+        if request is not None and not accepted:
+            admission.release(request)
+        admission.end_handshake(forwarded_count)
+    if deadline.cancelled_caught:
+        endpoint.metrics.handshakes_rejected[408] += 1
+        logger.debug("handshake from %s timed out", remote)
+    return None
+
+
+async def _negotiate(
+    endpoint: Endpoint,
+    request: Request,
+    ws_request: WsRequest,
+    protocol: ServerProtocol,
+    loopback_only: bool,
+) -> tuple[Response, Any]:
+    try:
+        # Before process_request: /metrics and /healthz need it too.
+        endpoint.admission.screen(request, loopback_only)
+    except Reject as exc:
+        return protocol.reject(exc.status, exc.body + "\n"), None
+    if endpoint.process_request is not None:
+        response = await endpoint.process_request(request)
+        if response is not None:
+            # A plain HTTP answer (page, health check): not a refused handshake.
+            return response, _PLAIN_HTTP
+    if request.path != endpoint.settings.path:
+        return protocol.reject(404, "Not Found\n"), None
+    try:
+        claims = await endpoint.admission.admit(request)
+    except Reject as exc:
+        return protocol.reject(exc.status, exc.body + "\n"), None
+    return protocol.accept(ws_request), claims
+
+
+async def _begin_handshake(
+    endpoint: Endpoint, address: str | None, stream: trio.abc.Stream
+) -> bool:
+    """Count a handshake at accept; over the per-address cap, answer 429 unread."""
+    if endpoint.admission.begin_handshake(address):
+        return True
+    endpoint.metrics.handshakes_rejected[429] += 1
+    response = ServerProtocol(logger=wire_logger).reject(429, HANDSHAKES_IN_PROGRESS + "\n")
+    with trio.move_on_after(1):
+        try:
+            await stream.send_all(response.serialize())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    return False
+
+
+async def _read_request(stream: trio.abc.Stream, protocol: ServerProtocol) -> WsRequest | None:
+    """Feed the protocol until it parsed the HTTP request; ``None`` on EOF or garbage."""
+    while True:
+        try:
+            data = await receive_some(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        for event in protocol.events_received():
+            if isinstance(event, WsRequest):
+                return event
+        output = protocol.data_to_send()
+        if output or not data:
+            # The request was invalid (the protocol wrote an error response)
+            # or the peer went away.
+            reply = b"".join(output)
+            if reply:
+                with trio.move_on_after(1):
+                    await stream.send_all(reply)
+            return None
+
+
+def remote_address(stream: trio.abc.Stream) -> str | None:
+    """The IP address of the peer of ``stream`` (through TLS), when it has one."""
+    inner: Any = stream
+    while inner is not None:
+        sock = getattr(inner, "socket", None)
+        if sock is not None:
+            try:
+                return str(sock.getpeername()[0])
+            except OSError:
+                return None
+        inner = getattr(inner, "transport_stream", None)
+    return None
+
+
+def _select_extension(protocol: ServerProtocol, offered: Sequence[Any]) -> Any:
+    """Pick ``trioroom.v1`` when offered; never refuse a client for its subprotocols."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
