@@ -207,7 +207,9 @@ async def test_idle_sockets_from_one_address_cannot_lock_out_others(
     for stream in idle + extra:
         await stream.aclose()
     await client.close()
-    await wait_until(lambda: server.admission.handshaking == 0 and not server.admission.handshakes())
+    await wait_until(
+        lambda: server.admission.handshaking == 0 and not server.admission.handshakes()
+    )
 
 
 # -- item 4: the client's address behind a trusted proxy -----------------------------------

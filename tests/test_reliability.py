@@ -16,8 +16,8 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 from trioroom import CloseCode, Connection, Message, Server
-from trioroom.metrics import PrometheusCollector
 from trioroom.engines.native import StreamTransport
+from trioroom.metrics import PrometheusCollector
 from trioroom.wsframe import binary_frame
 
 from .wire import HandshakeRejected, RawClient, StartServer, memory_client, wait_until

@@ -45,7 +45,6 @@ class Dispatcher:
         self.metrics = metrics
         self.hub = hub
         self.backplane = backplane
-        self._distributed = backplane.distributed
         self._hooks = hooks
         self._batch = batch
         self._locks = RoomLocks()
@@ -54,6 +53,16 @@ class Dispatcher:
         self.handlers: dict[str, Handler] = {}
         #: ``async (conn, room) -> bool``, asked before each join.
         self.authorize_join: AuthorizeJoinCallback | None = None
+
+    @property
+    def backplane(self) -> Backplane:
+        """Cross-node delivery; settable until the server serves."""
+        return self._backplane
+
+    @backplane.setter
+    def backplane(self, backplane: Backplane) -> None:
+        self._backplane = backplane
+        self._distributed = self.hub.distributed = backplane.distributed
 
     async def handle(self, conn: Connection, data: bytes) -> None:
         """One inbound message: the hub's rules, then what they call for."""

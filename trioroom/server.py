@@ -100,22 +100,19 @@ class Server:
         self.settings = settings
         self.metrics = Metrics()
         self.process_request = process_request
-        self.backplane = backplane or LocalBackplane()
+        backplane = backplane or LocalBackplane()
         self.admission = Admission(settings, authorize, lambda: len(self.hub))
-        self._distributed = self.backplane.distributed
         # Drops a client can cause at will: logged at a bounded rate, by reason.
         self._drop_log = BoundedLog(logging.getLogger("trioroom.connection"))
         #: The room rules and membership (sans-I/O).
-        self.hub: Hub[Connection] = Hub(
-            settings, self.metrics, distributed=self._distributed, drop_log=self._drop_log
-        )
+        self.hub: Hub[Connection] = Hub(settings, self.metrics, drop_log=self._drop_log)
         self._budget = Budget(settings.max_buffered_bytes)
         #: Sessions of the trioroom.v1 extension.
         self.sessions: Sessions[Connection] = Sessions(settings, self._budget)
         self._batch = OutboundBatch()
         self._hooks = Hooks(self.metrics)
         self._dispatch = Dispatcher(
-            settings, self.metrics, self.hub, self.backplane, self._hooks, self._batch
+            settings, self.metrics, self.hub, backplane, self._hooks, self._batch
         )
         self._dispatch.authorize_join = authorize_join
         self._lifecycle = Lifecycle(
@@ -148,6 +145,15 @@ class Server:
     @authorize.setter
     def authorize(self, callback: AuthorizeCallback | None) -> None:
         self.admission.authorize = callback
+
+    @property
+    def backplane(self) -> Backplane:
+        """Cross-process delivery (settable before the server serves)."""
+        return self._dispatch.backplane
+
+    @backplane.setter
+    def backplane(self, backplane: Backplane) -> None:
+        self._dispatch.backplane = backplane
 
     @property
     def authorize_join(self) -> AuthorizeJoinCallback | None:
@@ -324,14 +330,9 @@ class Server:
     async def handle_stream(self, stream: trio.abc.Stream, *, loopback_only: bool = False) -> None:
         """Serve one client on an accepted byte stream (TCP, TLS or in-memory).
 
-        ``loopback_only`` says the stream came from listeners bound only to
-        loopback addresses: then, unless ``allowed_hosts`` is set, only
-        loopback ``Host`` names are accepted (against DNS rebinding).
-        :meth:`serve` and :meth:`serve_listeners` pass it; a stream handed
-        over directly has no listener to judge by, so only ``allowed_hosts``
-        applies to it.
-
-        Never raises: every failure is logged and the stream is closed.
+        ``loopback_only``: the stream came from listeners bound only to
+        loopback, so only loopback ``Host`` names are accepted unless
+        ``allowed_hosts`` is set (against DNS rebinding). Never raises.
         """
         await native.serve_stream(self, stream, loopback_only=loopback_only)
 
@@ -462,7 +463,7 @@ class Server:
     async def rooms(self) -> list[str]:
         """Names of the rooms that have members (on any node)."""
         names = self.hub.room_names()
-        if self._distributed:
+        if self.backplane.distributed:
             seen = set(names)
             names += [n for n in await self.backplane.remote_rooms() if n not in seen]
         return names
@@ -471,7 +472,7 @@ class Server:
         """IDs of the members of ``room`` (on any node), in join order locally."""
         local = self.hub.room(room)
         ids = list(local.members) if local is not None else []
-        if self._distributed:
+        if self.backplane.distributed:
             ids += await self.backplane.remote_members(room)
         return ids
 
