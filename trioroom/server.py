@@ -1418,6 +1418,21 @@ class Server:
 
         await serve_trio_websocket(self, request)
 
+    def has_connection(self, conn_id: str) -> bool:
+        """True when ``conn_id`` is a local connection (for backplanes)."""
+        return conn_id in self._connections
+
+    def connection_ids(self) -> list[str]:
+        """IDs of the local connections, oldest first (for backplanes)."""
+        return list(self._connections)
+
+    def tell_backplane_unavailable(self, conn_id: str, room: str, event: str, message: str) -> None:
+        """Tell an extended connection (if it is here and extended) that its frame was not
+        delivered to other nodes: a ``trioroom.error`` with code ``backplane_unavailable``."""
+        conn = self._connections.get(conn_id)
+        if conn is not None and conn.extended:
+            self._send_error(conn, room, ErrorCode.BACKPLANE_UNAVAILABLE, message, event=event)
+
 
 def _as_bytes(payload: bytes | str) -> bytes:
     return payload.encode() if isinstance(payload, str) else bytes(payload)
