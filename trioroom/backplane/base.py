@@ -2,14 +2,58 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 
 if TYPE_CHECKING:
-    from ..server import Server
+    from ..metrics import Metrics
+    from ..settings import Settings
 
-__all__ = ["Backplane", "LocalBackplane"]
+__all__ = ["Backplane", "LocalBackplane", "Node"]
+
+
+class Node(Protocol):
+    """What a backplane may use of the local server (:class:`~trioroom.Server` is one).
+
+    A backplane sees its node only through this: it never imports the server.
+    """
+
+    settings: Settings
+    metrics: Metrics
+
+    def deliver_room_from_backplane(self, room: str, message: bytes, exclude: str) -> int:
+        """Deliver an encoded message from another node to local members of ``room``.
+
+        ``exclude`` is a connection ID that must not get it (or empty).
+        Returns the number of local members it was queued to.
+        """
+        ...
+
+    def deliver_direct_from_backplane(self, conn_id: str, message: bytes) -> bool:
+        """Deliver an encoded message from another node to a local connection.
+
+        Returns ``False`` when there is no such connection here (counted as
+        ``unknown_dst``) or it did not take the message.
+        """
+        ...
+
+    def local_rooms_of(self) -> dict[str, list[str]]:
+        """Local membership: room name to member IDs."""
+        ...
+
+    def has_connection(self, conn_id: str) -> bool:
+        """True when ``conn_id`` is a connection of this node."""
+        ...
+
+    def connection_ids(self) -> list[str]:
+        """IDs of this node's connections."""
+        ...
+
+    def tell_backplane_unavailable(self, conn_id: str, room: str, event: str, message: str) -> None:
+        """Tell an extended connection (if it is here and extended) that its frame was not
+        delivered to other nodes: a ``trioroom.error`` with code ``backplane_unavailable``."""
+        ...
 
 
 class Backplane:
@@ -32,8 +76,8 @@ class Backplane:
         """
         return True
 
-    async def run(self, server: Server, *, task_status: trio.TaskStatus[None]) -> None:
-        """Run background work (subscriptions, liveness) until cancelled."""
+    async def run(self, node: Node, *, task_status: trio.TaskStatus[None]) -> None:
+        """Run background work (subscriptions, liveness) for ``node`` until cancelled."""
         task_status.started()
         await trio.sleep_forever()
 
