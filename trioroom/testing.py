@@ -55,6 +55,10 @@ class TestHarness:
         self._client_nursery = client_nursery
         self._closing = trio.Event()
 
+    def close_clients(self) -> None:
+        """Close every client of the harness (with 1000, after its queued frames)."""
+        self._closing.set()
+
     async def connect(
         self,
         path: str | None = None,
@@ -116,7 +120,7 @@ async def open_test_server(
                 try:
                     yield harness
                 finally:
-                    harness._closing.set()
+                    harness.close_clients()
             server_nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         error = _single_error(group)
