@@ -52,15 +52,15 @@ import attrs
 import trio
 import trio_websocket
 
-from .codes import RESUMABLE_CLOSE_CODES, ROOT, CloseCode
-from .exceptions import (
+from ..codes import RESUMABLE_CLOSE_CODES, ROOT, CloseCode
+from ..exceptions import (
     ClientError,
     ConnectionClosed,
     ConnectionRejected,
     RequestFailed,
     ServerError,
 )
-from .extension import (
+from ..extension import (
     ACK,
     ERROR,
     NOT_RESUMED,
@@ -71,7 +71,7 @@ from .extension import (
     UNNUMBERED,
     request_ref,
 )
-from .protocol import RESERVED_EVENTS, FrameError, Message, encode
+from ..protocol import RESERVED_EVENTS, FrameError, Message, encode
 
 __all__ = [
     "RESUMABLE_CLOSE_CODES",
