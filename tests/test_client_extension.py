@@ -367,7 +367,8 @@ async def test_cancelled_join_is_left_and_a_join_again_is_kept() -> None:
         with trio.fail_after(WAIT):
             await left.wait()  # the join's answer was followed by a leave
             assert await sync(a) == []
-        assert hooks[-2:] == ["join slow", "leave slow"] and not a.session.leaving and not a.session.pending
+        assert hooks[-2:] == ["join slow", "leave slow"]
+        assert not a.session.leaving and not a.session.pending
         # Cancelled, then joined again before the answer: the membership stays.
         gated.gate = trio.Event()
         gated.entered = trio.Event()
