@@ -435,6 +435,8 @@ def test_after_a_resume_the_probe_finds_the_frames_the_server_missed() -> None:
     assert fields(probe.outgoing())[:3] == ("", "leave", "")  # a room nobody can be in
     assert session.generation > old_generation
     session.writing(probe.ref)
+    on_this_socket = session.request(lobby, "e", "", b"", timeout=None)
+    session.writing(on_this_socket.ref)  # after the probe: its answer may still come
     feed(session, reply(answered.ref, b"ok"))  # the server got this one...
     feed(session, error(probe.ref, "not_a_member"))  # ...and then the probe
     assert probe.done
@@ -443,6 +445,7 @@ def test_after_a_resume_the_probe_finds_the_frames_the_server_missed() -> None:
     assert [out.ref for out in again] == [missed_1.ref, missed_2.ref]  # oldest first
     assert not any(out.data for out in again)  # their credits went back when first written
     assert missed_1.written is None and queued.written is None
+    assert on_this_socket.written == session.generation
     assert answered.result == b"ok"
 
 
