@@ -269,7 +269,7 @@ async def test_request_timeouts_on_either_side(start_server: StartServer) -> Non
             with pytest.raises(RequestFailed) as info:
                 await client.request("stuck")  # the server gives up after 0.2 s
         assert (info.value.code, info.value.event) == ("timeout", "stuck")
-        assert not client._pending
+        assert not client.session.pending
 
 
 async def test_refused_join_raises_instead_of_hanging(start_server: StartServer) -> None:
@@ -288,7 +288,7 @@ async def test_refused_join_raises_instead_of_hanging(start_server: StartServer)
                 "vip",
                 "join",
             )
-            assert "vip" not in client.rooms and not client._pending
+            assert "vip" not in client.rooms and not client.session.pending
             lobby = await client.join("lobby")
             assert lobby.joined and lobby.members() == [client.id]
             await client.join("second")
@@ -367,7 +367,8 @@ async def test_cancelled_join_is_left_and_a_join_again_is_kept() -> None:
         with trio.fail_after(WAIT):
             await left.wait()  # the join's answer was followed by a leave
             assert await sync(a) == []
-        assert hooks[-2:] == ["join slow", "leave slow"] and not a._leaving and not a._pending
+        assert hooks[-2:] == ["join slow", "leave slow"]
+        assert not a.session.leaving and not a.session.pending
         # Cancelled, then joined again before the answer: the membership stays.
         gated.gate = trio.Event()
         gated.entered = trio.Event()
@@ -380,7 +381,7 @@ async def test_cancelled_join_is_left_and_a_join_again_is_kept() -> None:
         (room,) = rooms
         assert room.joined and a.rooms["slow"] is room
         assert await sync(a) == []
-        assert await server.members("slow") == [a.id] and not a._pending
+        assert await server.members("slow") == [a.id] and not a.session.pending
 
 
 # -- acknowledgements -----------------------------------------------------------------------------
@@ -404,7 +405,7 @@ async def test_acknowledged_frames_are_released_by_the_server(start_server: Star
             assert await client.request("echo", "") == b""
         conn = server.connection(client.id)
         assert conn is not None and conn.replay is not None
-        assert conn.replay.sent == client._received == 203
+        assert conn.replay.sent == client.session.received == 203
         assert conn.replay.since(191) is None  # acknowledged, so forgotten
         assert conn.replay.buffered_bytes < 11 * 100  # at most frames 193-203 are kept
         assert [int((await client.receive()).text) for _ in range(200)] == list(range(200))
