@@ -31,7 +31,8 @@ from typing import Any
 import trio
 import trio.testing
 
-from .client import Client, _reraise, _single_error, connect
+from .client import Client, connect
+from .client.groups import reraise, single_error
 from .server import Server
 
 __all__ = ["TestHarness", "open_test_server"]
@@ -123,7 +124,7 @@ async def open_test_server(
                     harness.close_clients()
             server_nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        error = _single_error(group)
+        error = single_error(group)
         if error is None:
             raise
-        _reraise(error)
+        reraise(error)

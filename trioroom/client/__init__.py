@@ -55,7 +55,6 @@ from ..exceptions import (
 )
 from .client import Client, connect
 from .dispatch import ErrorHandler, SessionLostHandler
-from .groups import reraise, single_error
 from .room import MessageHandler, Room
 from .session import SessionLost
 
@@ -74,7 +73,3 @@ __all__ = [
     "SessionLostHandler",
     "connect",
 ]
-
-# trioroom.testing imports these two by their old names.
-_reraise = reraise
-_single_error = single_error
