@@ -29,7 +29,7 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import trio
@@ -91,6 +91,9 @@ from .transport import (
     send_all,
 )
 from .wsframe import binary_frame, frame_payload
+
+if TYPE_CHECKING:
+    from .asgi import ASGIApp
 
 __all__ = [
     "AuthorizeCallback",
@@ -1417,6 +1420,15 @@ class Server:
         from .adapter import serve_trio_websocket
 
         await serve_trio_websocket(self, request)
+
+    def asgi_app(self, *, web: bool = True) -> ASGIApp:
+        """An ASGI 3 application whose WebSocket path is this server (see :mod:`trioroom.asgi`).
+
+        ``web`` also serves ``/healthz`` and ``/metrics`` below its mount point.
+        """
+        from .asgi import ASGIApp
+
+        return ASGIApp(self, web=web)
 
 
 def _as_bytes(payload: bytes | str) -> bytes:
