@@ -209,6 +209,27 @@ async def test_client_closing_is_seen_and_cleaned_up(nursery: trio.Nursery) -> N
     assert server._handshaking == 0 and not server._per_address
 
 
+async def test_server_shutdown_as_hypercorn_shutdown_trigger_closes_with_1001(
+    nursery: trio.Nursery,
+) -> None:
+    server = Server()
+    stop = trio.Event()
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        await server.shutdown()
+        stopped.set()
+
+    stopped = trio.Event()
+    address = await start_hypercorn(nursery, server.asgi_app(), _trigger=shutdown_trigger)
+    a = await RawClient.connect(address)
+    stop.set()
+    assert await a.wait_closed() == (CloseCode.GOING_AWAY, "server shutting down")
+    assert server.metrics.disconnects["shutdown"] == 1
+    with trio.fail_after(WAIT):
+        await stopped.wait()
+
+
 # -- alongside a web application, on one port ------------------------------------------------
 
 

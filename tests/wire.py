@@ -253,11 +253,14 @@ async def memory_client(
     return await RawClient.connect(client_stream, **kwargs)
 
 
-async def start_hypercorn(nursery: trio.Nursery, app: Any, **options: Any) -> tuple[str, int]:
+async def start_hypercorn(
+    nursery: trio.Nursery, app: Any, _trigger: Any = None, **options: Any
+) -> tuple[str, int]:
     """Serve the ASGI ``app`` with Hypercorn's trio worker on 127.0.0.1, port 0.
 
     Runs in ``nursery`` (cancelled with it); returns the bound address.
-    ``options`` set fields of Hypercorn's ``Config``.
+    ``_trigger`` is Hypercorn's ``shutdown_trigger``; ``options`` set fields
+    of Hypercorn's ``Config``.
     """
     from functools import partial
 
@@ -269,6 +272,6 @@ async def start_hypercorn(nursery: trio.Nursery, app: Any, **options: Any) -> tu
     config.accesslog = None
     for name, value in options.items():
         setattr(config, name, value)
-    binds = await nursery.start(partial(serve, app, config, mode="asgi"))
+    binds = await nursery.start(partial(serve, app, config, mode="asgi", shutdown_trigger=_trigger))
     host, _, port = binds[0].removeprefix("http://").rpartition(":")
     return host, int(port)
