@@ -9,6 +9,7 @@ of their routes, and ``hypercorn`` run as a separate process.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -169,6 +170,20 @@ async def test_message_over_max_message_size_closes_with_1009(nursery: trio.Nurs
     assert server.connection(b.id) is not None
     await b.expect_nothing()
     await b.close()
+
+
+async def test_oversized_message_error_precedes_the_close(nursery: trio.Nursery) -> None:
+    # As tests/test_extension.py checks on the native engine (trio-websocket
+    # closes such a message itself): the trioroom.v1 error, then 1009.
+    from .test_extension import ExtendedClient
+
+    server = Server(max_message_size=1000)
+    address = await start_hypercorn(nursery, server.asgi_app())
+    client, _ = await ExtendedClient.connect(address)
+    await client.raw.send(Message("root", "big", "", "", b"x" * 5000))
+    error = await client.recv_until("trioroom.error")
+    assert json.loads(error.payload)["code"] == "message_too_big"
+    assert (await client.raw.wait_closed())[0] == CloseCode.MESSAGE_TOO_BIG
 
 
 async def test_healthz_and_metrics_are_served_beside_the_endpoint(nursery: trio.Nursery) -> None:
