@@ -186,6 +186,32 @@ async def test_oversized_message_error_precedes_the_close(nursery: trio.Nursery)
     assert (await client.raw.wait_closed())[0] == CloseCode.MESSAGE_TOO_BIG
 
 
+async def test_write_timeout_ends_a_connection_whose_send_is_stuck(nursery: trio.Nursery) -> None:
+    # Hypercorn's send cannot be cancelled: the connection must end (hooks,
+    # rooms) all the same while the peer still does not read.
+    server = Server(
+        ping_interval=None,
+        write_timeout=0.5,
+        slow_consumer_policy="drop_oldest",
+        max_message_size=1 << 20,
+    )
+    gone: list[str] = []
+
+    @server.on_disconnect
+    async def disconnected(conn: Connection) -> None:
+        gone.append(conn.disconnect_reason)
+
+    address = await start_hypercorn(nursery, server.asgi_app())
+    stuck = await RawClient.connect(address)  # never reads from here on
+    with trio.fail_after(WAIT):
+        while not gone:
+            await server.send_to(stuck.id, "blob", b"x" * 60_000)
+            await trio.sleep(0.001)
+    assert gone == ["write_timeout"]
+    assert server.connection(stuck.id) is None
+    stuck.reset()
+
+
 async def test_healthz_and_metrics_are_served_beside_the_endpoint(nursery: trio.Nursery) -> None:
     server = Server()
     address = await start_hypercorn(nursery, server.asgi_app())
