@@ -188,6 +188,29 @@ PEERS: dict[str, PeerSpec] = {
         ],
         "the library: python -m trioroom serve --no-root-notices --root-member-list-limit 1",
     ),
+    "asgi": PeerSpec(
+        "asgi",
+        "trioroom ASGI",
+        "wsrooms",
+        ["{python}", "benchmarks/peers/asgi_hypercorn.py", "--host", "{host}", "--port", "{port}"],
+        "the library's ASGI engine (Server.asgi_app) under Hypercorn's trio worker, "
+        "the trioroom peer's settings",
+    ),
+    "trioroom_tws": PeerSpec(
+        "trioroom_tws",
+        "trioroom trio-websocket",
+        "wsrooms",
+        [
+            "{python}",
+            "benchmarks/peers/trioroom_trio_websocket.py",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+        ],
+        "the library's trio-websocket engine (Server.handle_trio_websocket), "
+        "the trioroom peer's settings",
+    ),
     "bare_trio": PeerSpec(
         "bare_trio",
         "bare trio",

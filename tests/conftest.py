@@ -9,23 +9,30 @@ import trio_websocket
 
 from trioroom import Server
 
-from .wire import StartServer
+from .wire import StartServer, start_hypercorn
 
-#: The engines the behaviour tests run on: trioroom's own, and the
-#: trio-websocket adapter (``Server.handle_trio_websocket``).
-ENGINES = ("native", "trio-websocket")
+#: The engines the behaviour tests run on: trioroom's own, the
+#: trio-websocket adapter (``Server.handle_trio_websocket``), and the ASGI
+#: application (``Server.asgi_app``) under Hypercorn's trio worker.
+ENGINES = ("native", "trio-websocket", "asgi")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "native_only: run only on the native engine (its own HTTP handling)"
     )
+    config.addinivalue_line(
+        "markers",
+        "not_asgi(reason): not on the ASGI engine, for the reason given (what ASGI cannot do)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" in metafunc.fixturenames:
         native_only = metafunc.definition.get_closest_marker("native_only") is not None
-        metafunc.parametrize("engine", ENGINES[:1] if native_only else ENGINES)
+        not_asgi = metafunc.definition.get_closest_marker("not_asgi") is not None
+        engines = [e for e in ENGINES if not (e == "asgi" and not_asgi)]
+        metafunc.parametrize("engine", ENGINES[:1] if native_only else engines)
 
 
 @pytest.fixture
@@ -34,8 +41,9 @@ async def start_server(nursery: trio.Nursery, engine: str) -> StartServer:
 
     Parametrised by ``engine``: the native listener (``Server.serve``), or
     trio-websocket's ``serve_websocket`` handing each request to
-    ``Server.handle_trio_websocket``. Mark a test ``native_only`` to skip the
-    adapter.
+    ``Server.handle_trio_websocket``, or Hypercorn's trio worker serving
+    ``Server.asgi_app()``. Mark a test ``native_only`` to skip the other
+    engines, ``not_asgi`` to skip the ASGI one.
     """
 
     async def start(
@@ -45,6 +53,8 @@ async def start_server(nursery: trio.Nursery, engine: str) -> StartServer:
         if engine == "native":
             address = await nursery.start(server.serve, "127.0.0.1", 0)
             return server, address
+        if engine == "asgi":
+            return server, await start_hypercorn(nursery, server.asgi_app())
         srv = server
 
         async def handler(request: trio_websocket.WebSocketRequest) -> None:

@@ -21,7 +21,7 @@ from trioroom import Connection, Message, Request, Server
 from trioroom.client import Client, ConnectionClosed, ConnectionRejected, Room
 from trioroom.testing import open_test_server
 
-from .wire import WAIT, RawClient, StartServer, wait_until
+from .wire import HYPERCORN_CLIENT_CLOSE, WAIT, RawClient, StartServer, wait_until
 
 
 @asynccontextmanager
@@ -357,6 +357,7 @@ async def test_kick_surfaces_as_connection_closed_everywhere(start_server: Start
         assert a.closed is not None and not lobby.joined
 
 
+@pytest.mark.not_asgi(reason=HYPERCORN_CLIENT_CLOSE)
 async def test_leaving_the_block_closes_cleanly_after_queued_frames(
     start_server: StartServer,
 ) -> None:

@@ -20,7 +20,14 @@ from trioroom.engines.native import StreamTransport
 from trioroom.metrics import PrometheusCollector
 from trioroom.wsframe import binary_frame
 
-from .wire import HandshakeRejected, RawClient, StartServer, memory_client, wait_until
+from .wire import (
+    HYPERCORN_CLIENT_CLOSE,
+    HandshakeRejected,
+    RawClient,
+    StartServer,
+    memory_client,
+    wait_until,
+)
 
 
 async def answer_pings(client: RawClient) -> None:
@@ -539,6 +546,7 @@ async def test_fuzzing_a_live_server_leaves_it_serving(
 # -- operations ------------------------------------------------------------------------------
 
 
+@pytest.mark.not_asgi(reason=HYPERCORN_CLIENT_CLOSE)
 async def test_close_codes_chosen_by_clients_are_bucketed(start_server: StartServer) -> None:
     # A client picks any code in 3000-4999: each must not become its own series.
     server, address = await start_server(root_notices=False)
@@ -578,6 +586,7 @@ async def test_close_room_tells_members_and_removes_it(start_server: StartServer
     assert server.connection(a.id) is not None
 
 
+@pytest.mark.not_asgi(reason=HYPERCORN_CLIENT_CLOSE)
 async def test_lifecycle_hooks_in_order(start_server: StartServer) -> None:
     server = Server(root_notices=False)
     events: list[tuple[str, ...]] = []

@@ -28,6 +28,12 @@ StartServer = Callable[..., Awaitable[tuple[Server, tuple[str, int]]]]
 #: Upper bound on any single wait; only reached when something is broken.
 WAIT = 60
 
+#: Why a test that checks the close code a client sent is ``not_asgi``.
+HYPERCORN_CLIENT_CLOSE = (
+    "Hypercorn reports every close the client starts as 1006 to the ASGI app, "
+    "whatever code the client sent (pgjones/hypercorn#127)"
+)
+
 
 class HandshakeRejected(Exception):
     def __init__(self, status: int, body: bytes) -> None:
@@ -245,3 +251,27 @@ async def memory_client(
     client_stream, server_stream = pair()
     nursery.start_soon(server.handle_stream, server_stream)
     return await RawClient.connect(client_stream, **kwargs)
+
+
+async def start_hypercorn(
+    nursery: trio.Nursery, app: Any, _trigger: Any = None, **options: Any
+) -> tuple[str, int]:
+    """Serve the ASGI ``app`` with Hypercorn's trio worker on 127.0.0.1, port 0.
+
+    Runs in ``nursery`` (cancelled with it); returns the bound address.
+    ``_trigger`` is Hypercorn's ``shutdown_trigger``; ``options`` set fields
+    of Hypercorn's ``Config``.
+    """
+    from functools import partial
+
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    for name, value in options.items():
+        setattr(config, name, value)
+    binds = await nursery.start(partial(serve, app, config, mode="asgi", shutdown_trigger=_trigger))
+    host, _, port = binds[0].removeprefix("http://").rpartition(":")
+    return host, int(port)

@@ -40,6 +40,7 @@ from .codes import ROOT, CloseCode, ErrorCode
 from .connection import Connection, ConnectionContext, check_close
 from .dispatch import AuthorizeJoinCallback, Dispatcher, Handler
 from .engines import native
+from .engines.asgi import ASGIApp
 from .engines.base import ProcessRequestCallback, Transport
 from .handshake import Request
 from .hooks import Hooks
@@ -351,15 +352,12 @@ class Server:
     async def admit(self, request: Request) -> Any:
         """Decide whether a WebSocket request may connect; return its claims.
 
-        Applies, in order: the origin policy (403), shutdown and connection
-        limits (503, 429) and ``authorize`` (401 unless it chose another
-        status). Raises :class:`~trioroom.Reject` to refuse. Every engine
-        admits through here.
-
-        The request's slot in ``max_connections_per_address`` is reserved
-        before ``authorize`` runs and given back if admission fails. Once this
-        returns, pass the request to :meth:`handle_transport` (whose
-        connection then holds the slot) or call :meth:`release_admission`.
+        The origin policy (403), shutdown and connection limits (503, 429) and
+        ``authorize`` (401 unless it chose another status), in that order;
+        raises :class:`~trioroom.Reject` to refuse. The request's slot in
+        ``max_connections_per_address`` is reserved before ``authorize`` runs;
+        pass the request on to :meth:`handle_transport`, or call
+        :meth:`release_admission`.
         """
         return await self.admission.admit(request)
 
@@ -373,13 +371,8 @@ class Server:
         return self.admission.client_request(request)
 
     def release_admission(self, request: Request) -> None:
-        """Give back the connection slot :meth:`admit` reserved for ``request``.
-
-        An engine calls this when an admitted request does not become a
-        connection (the upgrade failed, timed out or was cancelled); once
-        :meth:`handle_transport` has the request, the connection holds the
-        slot until it closes. Calling it again, or for a request that holds no
-        slot, does nothing.
+        """Give back the slot :meth:`admit` reserved, for a request that did not become a
+        connection (the upgrade failed, timed out or was cancelled). Idempotent.
         """
         self.admission.release(request)
 
@@ -565,6 +558,13 @@ class Server:
             "backplane_up": 1 if self.backplane.up else 0,
             "buffered_bytes": self._budget.used,
         }
+
+    def asgi_app(self, *, web: bool = True) -> ASGIApp:
+        """An ASGI 3 application whose WebSocket path is this server (:mod:`trioroom.asgi`).
+
+        ``web`` also serves ``/healthz`` and ``/metrics`` below its mount point.
+        """
+        return ASGIApp(self, web=web)
 
 
 def _as_bytes(payload: bytes | str) -> bytes:

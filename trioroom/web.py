@@ -36,17 +36,33 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 from websockets.datastructures import Headers
 from websockets.http11 import Response
 
+from .backplane import Backplane
+from .engines.base import ProcessRequestCallback
 from .handshake import Request
-from .metrics import PrometheusCollector
+from .metrics import Metrics, PrometheusCollector
+from .settings import Settings
 
-if TYPE_CHECKING:
-    from .server import ProcessRequestCallback, Server
+
+class Observed(Protocol):
+    """What the web routes read of a server (:class:`~trioroom.Server` is one)."""
+
+    settings: Settings
+    metrics: Metrics
+
+    @property
+    def backplane(self) -> Backplane: ...
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    def stats(self) -> dict[str, float]: ...
+
 
 __all__ = ["CONTENT_TYPES", "WebApp", "client_directory", "demo_directory"]
 
@@ -131,7 +147,7 @@ class WebApp:
 
     def __init__(
         self,
-        server: Server,
+        server: Observed,
         *,
         demo: bool = True,
         metrics: bool = True,
