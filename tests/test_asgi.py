@@ -120,7 +120,7 @@ async def test_without_the_denial_extension_a_refusal_is_a_close_answered_403(
         await RawClient.connect(address)
     assert info.value.status == 403
     assert server.metrics.handshakes_rejected == {401: 1}
-    await wait_until(lambda: server._handshaking == 0 and not server._per_address)
+    await wait_until(lambda: server.admission.handshaking == 0 and not server.admission.slots())
 
 
 async def _refuse() -> None:
@@ -247,7 +247,7 @@ async def test_client_closing_is_seen_and_cleaned_up(nursery: trio.Nursery) -> N
     await b.recv_until("member_left")
     await b.close()
     await wait_until(lambda: not server.connections)
-    assert server._handshaking == 0 and not server._per_address
+    assert server.admission.handshaking == 0 and not server.admission.slots()
 
 
 async def test_server_shutdown_as_hypercorn_shutdown_trigger_closes_with_1001(
