@@ -205,6 +205,8 @@ class Handovers:
             await adoption.offered.wait()
             offer = adoption.offer
             if isinstance(offer, str):
+                # Refused: the next resume of it may ask at once.
+                self._push(self.commands.handover_cancel(hashed, request, b""))
                 return HandoverFailed(offer)
             # Registered locally first: a leave here meanwhile must not
             # unsubscribe a room the session is in.
