@@ -94,6 +94,7 @@ export type ResumeFailure =
     | "expired"
     | "buffer_overflow"
     | "unknown_token"
+    | "node_lost"
     | "identity_mismatch"
     | "closed"
     | "kicked"

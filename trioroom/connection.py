@@ -465,6 +465,40 @@ class Connection(Outbound):
         assert self._session_changed is not None
         self._session_changed.set()
 
+    # -- moving a session between nodes (docs/scaling.md) -------------------------
+
+    def adopt_session(self) -> None:
+        """This connection carries on a session moved from another node.
+
+        It starts suspended: frames queue up until :meth:`take_over`.
+        """
+        self.may_resume = True
+        self.suspended = True
+        self._session_changed = trio.Event()
+        self._suspended = trio.Event()
+        self._suspended.set()
+
+    def hand_over(self) -> None:
+        """The suspended session leaves this node: the task waiting for a resume
+        returns without cleanup, and the caller owns the session from now on.
+
+        Frames keep queueing (under the usual bounds) until the move is done.
+        """
+        assert self.suspended and self._session_changed is not None
+        self._resumed = True
+        self._session_changed.set()
+
+    def put_first(self, frames: list[bytes]) -> bool:
+        """Queue ``frames`` ahead of everything queued so far.
+
+        ``False`` when the queue overflowed (the slow-consumer policy applied).
+        """
+        queued = self.take_pending()
+        for frame in [*frames, *queued]:
+            if not self._enqueue(frame):
+                return False
+        return True
+
     async def close_transport(self, transport: Transport, *, keep_queue: bool = False) -> None:
         """Send the close frame (after queued frames when graceful), bounded in time.
 

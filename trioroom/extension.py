@@ -157,6 +157,18 @@ class ReplayBuffer:
         self._frames.clear()
         self._bytes = 0
 
+    def restore(self, first: int, frames: list[bytes]) -> None:
+        """Take over frames ``first``, ``first + 1``, ... of a session numbered elsewhere.
+
+        For a session moved from another node: the buffer must be empty, and
+        numbering goes on after the last of ``frames``.
+        """
+        assert not self._frames, "restore() needs an empty buffer"
+        self._first = first
+        self.sent = first - 1
+        for frame in frames:
+            self.record(frame)
+
     def since(self, last: int) -> list[bytes] | None:
         """Frames numbered above ``last``; ``None`` if any of them is gone."""
         if last > self.sent or last < 0:

@@ -8,6 +8,8 @@ run, slots and budget given back), however the connection ends.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import trio
 
 from .admission import Admission
@@ -45,6 +47,10 @@ class Lifecycle:
         self._sessions = sessions
         self._dispatch = dispatch
         self._hooks = hooks
+        #: ``async (fresh, transport, token) -> reason | None``: resume a session
+        #: this node does not hold (another node's), or say why not.
+        self.remote_resume: Callable[[Connection, Transport, str], Awaitable[str | None]] | None
+        self.remote_resume = None
 
     async def serve(self, conn: Connection, transport: Transport, *, resumed: bool = False) -> None:
         """Join ``root``, run the connection's nursery, and always clean up.
@@ -59,6 +65,8 @@ class Lifecycle:
             if not resumed:
                 if conn.extended and self.settings.resume_window > 0:
                     conn.open_session(self._sessions.open(conn, conn.id))
+                    assert conn.resume_token is not None
+                    self._dispatch.backplane.session_opened(conn.resume_token, conn.id)
                 # The root join_ack is queued (or written) before the connection
                 # can be found by ID, so it is always the first frame the client
                 # receives.
@@ -98,23 +106,33 @@ class Lifecycle:
             if owner:
                 # (A session taken over is another socket's now, direct path
                 # included.)
-                conn.stop_direct()
-                conn.may_resume = False
-                with trio.CancelScope(shield=True):
-                    self._sessions.end(conn)
-                    await self._disconnect(conn)
-                    self._record_close(conn)
-                    if not transport_closed:
-                        await conn.close_transport(transport)
-                    conn.set_closed()
-                    conn.release()
-                    if "disconnect" in self._hooks:
-                        # Shielded so that hooks run even when cancelled, and
-                        # therefore bounded: shutdown must end.
-                        await self._hooks.run("disconnect", conn, limit=self.settings.hook_timeout)
+                await self.finish(conn, None if transport_closed else transport)
+
+    async def finish(self, conn: Connection, transport: Transport | None) -> None:
+        """The connection is over: leave its rooms, close ``transport``, run the hooks."""
+        conn.stop_direct()
+        conn.may_resume = False
+        with trio.CancelScope(shield=True):
+            token = conn.resume_token
+            if self._sessions.end(conn) and token is not None:
+                self._dispatch.backplane.session_closed(token)
+            await self._disconnect(conn)
+            self._record_close(conn)
+            if transport is not None:
+                await conn.close_transport(transport)
+            conn.set_closed()
+            conn.release()
+            if "disconnect" in self._hooks:
+                # Shielded so that hooks run even when cancelled, and
+                # therefore bounded: shutdown must end.
+                await self._hooks.run("disconnect", conn, limit=self.settings.hook_timeout)
 
     async def resume_or_serve(self, conn: Connection, transport: Transport, token: str) -> None:
+        """Resume the session ``token`` names on this socket, or serve a new one."""
         reason = await self._try_resume(conn, transport, token)
+        if reason == "unknown_token" and self.remote_resume is not None:
+            # Not a session of this node: maybe another node's.
+            reason = await self.remote_resume(conn, transport, token)
         if reason is None:
             return
         conn.log.info("session not resumed: %s", reason)
@@ -123,11 +141,17 @@ class Lifecycle:
 
     async def _try_resume(self, fresh: Connection, transport: Transport, token: str) -> str | None:
         """Resume the session of ``token`` on a new socket; return why not, or ``None``."""
-        session, last, reason = self._sessions.find(
-            token, fresh.claims, fresh.request.query.get("last", "0")
-        )
+        last_seen = fresh.request.query.get("last", "0")
+        session, last, reason = self._sessions.find(token, fresh.claims, last_seen)
+        if reason == "moving":
+            # Being handed over to another node: once that is settled, the
+            # session is either here still or there (then asked for).
+            with trio.move_on_after(self.settings.close_timeout * 4 + 10):
+                while reason == "moving":
+                    await trio.sleep(0.05)
+                    session, last, reason = self._sessions.find(token, fresh.claims, last_seen)
         if session is None:
-            return reason
+            return "expired" if reason == "moving" else reason
         if not session.suspended:
             # The old socket still looks alive to us: the client knows better.
             session.abort(CloseCode.GOING_AWAY, "replaced by a resumed socket", "replaced")

@@ -42,6 +42,7 @@ from .dispatch import AuthorizeJoinCallback, Dispatcher, Handler
 from .engines import native
 from .engines.asgi import ASGIApp
 from .engines.base import ProcessRequestCallback, Transport
+from .handover import SessionMover
 from .handshake import Request
 from .hooks import Hooks
 from .hub import Hub, Sessions
@@ -116,15 +117,8 @@ class Server:
             settings, self.metrics, self.hub, backplane, self._hooks, self._batch
         )
         self._dispatch.authorize_join = authorize_join
-        self._lifecycle = Lifecycle(
-            settings,
-            self.metrics,
-            self.admission,
-            self.hub,
-            self.sessions,
-            self._dispatch,
-            self._hooks,
-        )
+        parts = (settings, self.metrics, self.admission, self.hub, self.sessions)
+        self._lifecycle = Lifecycle(*parts, self._dispatch, self._hooks)
         self._context = ConnectionContext(
             settings=settings,
             metrics=self.metrics,
@@ -134,6 +128,9 @@ class Server:
             handle=self._dispatch.handle,
             broadcast=self.broadcast,
         )
+        #: Moves sessions between nodes (the backplane's ``Node.handover``).
+        self.handover = SessionMover(*parts, self._lifecycle, self._context, self._dispatch)
+        self._lifecycle.remote_resume = self.handover.resume
         self._accept_scopes: set[trio.CancelScope] = set()
         self._serve_scopes: set[trio.CancelScope] = set()
         self._backplane_running = False

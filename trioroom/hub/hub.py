@@ -127,6 +127,31 @@ class Hub(Generic[M]):
             return True
         return False
 
+    def adopt(self, member: M, rooms: Iterable[str]) -> None:
+        """``member`` arrives from another node with its ``rooms``: no notice, no ``join_ack``.
+
+        A session moved between nodes stays the member it was (limits were
+        checked when it joined).
+        """
+        for name in rooms:
+            room = self._rooms.get(name)
+            if room is None:
+                room = self._rooms[name] = Room(name)
+            if member.id not in room.members:
+                room.add(member.id, member)
+            member.memberships[name] = None
+        self.register(member)
+
+    def detach(self, member: M) -> None:
+        """``member`` moved to another node: gone from here, without notices."""
+        for name in member.memberships:
+            room = self._rooms.get(name)
+            if room is not None and member.id in room.members:
+                room.remove(member.id)
+                if not room.members:
+                    del self._rooms[name]
+        self.unregister(member)
+
     # -- rooms -------------------------------------------------------------
 
     def room(self, name: str) -> Room[M] | None:

@@ -14,8 +14,9 @@ from coredis import Redis
 from coredis.connection import BaseConnection
 
 from ...log import BoundedLog
-from ..base import Backplane, Node
+from ..base import Adopt, Backplane, HandoverFailed, MovedSession, Node
 from .egress import DIRECT_MESSAGE, MEMBERSHIP, PUBLISH, Op, Publisher
+from .handover import Handovers
 from .ingress import Ingress
 from .keys import Keys
 from .liveness import Liveness
@@ -133,6 +134,14 @@ class RedisBackplane(Backplane):
             fail=self._fail,
         )
 
+        self._handovers = Handovers(
+            self._commands,
+            self._publisher,
+            self._ingress,
+            self._local,
+            lambda: self._up,
+            op_timeout=op_timeout,
+        )
         self._node: Node | None = None
         self._client: Redis[bytes] | None = None
         self._up = False
@@ -190,12 +199,14 @@ class RedisBackplane(Backplane):
         """
         if self._node is not None:
             raise RuntimeError("a RedisBackplane serves one server, once")
-        self._node = node
+        self._node = self._handovers.node = node
+        self._liveness.session_window = node.settings.resume_window
         client = self._make_client()
         try:
             async with client:
                 self._client = client
                 async with trio.open_nursery() as nursery:
+                    self._handovers.nursery = nursery
                     nursery.start_soon(
                         partial(
                             keep_session,
@@ -344,6 +355,17 @@ class RedisBackplane(Backplane):
         self._publisher.push(Op(self._commands.direct(conn_id, envelope), DIRECT_MESSAGE))
         return True
 
+    def session_opened(self, token: str, conn_id: str) -> None:
+        self._handovers.opened(token, conn_id)
+
+    def session_closed(self, token: str) -> None:
+        self._handovers.closed(token)
+
+    async def take_session(
+        self, token: str, digest: str, last: int, adopt: Adopt
+    ) -> MovedSession | HandoverFailed:
+        return await self._handovers.take(token, digest, last, adopt)
+
     # -- the outbox ----------------------------------------------------------------
 
     def _hold(self, op: Op) -> None:
@@ -422,6 +444,7 @@ class RedisBackplane(Backplane):
         node_subscribed = self._ingress.start(sub)
         self._up = True
         self._resync(remote_entries, remote_conns)
+        self._handovers.register_all()
         self.stats.sessions += 1
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ingress.read, sub, node)
@@ -482,6 +505,8 @@ class RedisBackplane(Backplane):
         self._ingress.subscribe(wanted - subscribed)
 
     async def _reconcile(self, client: Redis[bytes]) -> None:
+        if self._handovers.busy:
+            return  # a session moving in or out is registered on both nodes for a moment
         keys, node_id = self._keys, self._commands.node_id
         with trio.fail_after(self.op_timeout):
             entries = await client.smembers(keys.nodemembers(node_id))

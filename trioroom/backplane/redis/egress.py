@@ -37,7 +37,7 @@ MEMBERSHIP = 2
 class Op:
     """One command in the ordered publisher queue."""
 
-    __slots__ = ("args", "event", "failed", "kind", "since")
+    __slots__ = ("args", "event", "failed", "kind", "result", "since")
 
     def __init__(self, args: tuple[Any, ...], kind: int, wait: bool = False) -> None:
         self.args = args
@@ -45,6 +45,8 @@ class Op:
         #: Set once Redis answered (or the session ended), for callers that wait.
         self.event: trio.Event | None = trio.Event() if wait else None
         self.failed = False
+        #: Redis's answer, for callers that wait (``None`` until then).
+        self.result: Any = None
         #: When it entered the outbox (0: never).
         self.since = 0.0
 
@@ -154,6 +156,7 @@ class Publisher:
                 elif op.kind == DIRECT_MESSAGE and isinstance(result, int) and result <= 0:
                     metrics.frames_dropped["unknown_dst"] += 1
                 if op.event is not None:
+                    op.result = result
                     op.event.set()
             if failed:
                 self.fail("cross-node send", failed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from coredis.connection import BaseConnection
@@ -19,15 +19,25 @@ from coredis.connection import BaseConnection
 from ..base import Node
 from .keys import Keys
 from .stats import RedisStats
-from .wire import ORIGIN_SIZE, SYSTEM_ORIGIN, decode_direct, decode_room
+from .wire import CONTROL, ORIGIN_SIZE, SYSTEM_ORIGIN, decode_direct, decode_room
 
-__all__ = ["Ingress"]
+__all__ = ["Hold", "Ingress"]
 
 # One logger for the whole Redis backplane: operators filter on this name.
 logger = logging.getLogger("trioroom.backplane.redis")
 
 #: Channels per SUBSCRIBE or UNSUBSCRIBE command.
 _CHANNELS_PER_COMMAND = 1000
+
+
+class Hold(Protocol):
+    """A connection arriving from another node: some room traffic is not for it yet."""
+
+    conn_id: str
+
+    def blocks(self, origin: bytes) -> bool:
+        """Whether a room message from ``origin`` must skip the connection."""
+        ...
 
 
 class Ingress:
@@ -65,6 +75,10 @@ class Ingress:
         self.acks: dict[bytes, trio.Event] = {}
         #: Subscribed room channels -> room name.
         self.channel_rooms: dict[bytes, str] = {}
+        #: Rooms with sessions arriving from another node (empty but while one moves).
+        self.holds: dict[str, list[Hold]] = {}
+        #: Called with each control message on the node channel (session handovers).
+        self.on_control: Callable[[bytes], None] = lambda data: None
 
     def start(self, sub: BaseConnection) -> trio.Event:
         """Use a new connection: subscribe to the node channel; the event of its ack."""
@@ -130,6 +144,7 @@ class Ingress:
         origin = self.origin
         channel_rooms = self.channel_rooms
         origins = self.origins
+        holds = self.holds
         last_origin = origin
         async for push in sub.push_messages:
             kind = push[0]
@@ -138,6 +153,9 @@ class Ingress:
                 data: Any = push[2]
                 try:
                     if channel == node_channel:
+                        if data.startswith(CONTROL):
+                            self.on_control(data)
+                            continue
                         stats.direct_received += 1
                         target, message = decode_direct(data)
                         node.deliver_direct_from_backplane(target, message)
@@ -154,8 +172,22 @@ class Ingress:
                             origins.add(last_origin)
                     stats.room_received += 1
                     exclude, message = decode_room(data)
+                    if holds and room in holds:
+                        # A session moving here: see docs/scaling.md, *Resuming on any node*.
+                        sender = data[:ORIGIN_SIZE]
+                        skip = {h.conn_id for h in holds[room] if h.blocks(sender)}
+                        if skip:
+                            skip.add(exclude)
+                            node.handover.deliver_room_excluding(room, message, skip)
+                            continue
                     node.deliver_room_from_backplane(room, message, exclude)
-                except (struct.error, UnicodeDecodeError, TypeError, AttributeError) as exc:
+                except (
+                    struct.error,
+                    UnicodeDecodeError,
+                    TypeError,
+                    AttributeError,
+                    ValueError,
+                ) as exc:
                     self.fail(f"malformed message on {channel!r} ({exc})", 1)
             elif kind == b"subscribe":
                 event = self.acks.get(push[1])  # type: ignore[arg-type]

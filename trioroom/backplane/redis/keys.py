@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["Keys"]
+import hashlib
+
+__all__ = ["Keys", "token_hash"]
+
+
+def token_hash(token: str) -> bytes:
+    """What names a session in Redis: a hash, so that Redis never holds a resume token."""
+    return hashlib.sha256(token.encode()).hexdigest()[:32].encode()
 
 
 class Keys:
@@ -15,12 +22,15 @@ class Keys:
         "conns",
         "nodes",
         "p_alive",
+        "p_handover",
         "p_members",
         "p_node",
         "p_nodeconns",
         "p_nodemembers",
+        "p_nodesessions",
         "p_ready",
         "p_room",
+        "p_session",
         "p_sweep",
         "rooms",
     )
@@ -37,6 +47,9 @@ class Keys:
         self.p_nodeconns = p + b"nodeconns:"
         self.p_sweep = p + b"sweep:"
         self.p_ready = p + b"ready:"
+        self.p_session = p + b"session:"
+        self.p_nodesessions = p + b"nodesessions:"
+        self.p_handover = p + b"handover:"
         #: Set of registered node IDs.
         self.nodes = p + b"nodes"
         #: Hash: room -> member count, cluster-wide.
@@ -71,6 +84,18 @@ class Keys:
     def nodemembers(self, node: bytes) -> bytes:
         """Set of ``room\\0connection`` entries of ``node``'s memberships."""
         return self.p_nodemembers + node
+
+    def session(self, token_hash: bytes) -> bytes:
+        """Owner of a resumable session: node ID (32 hex digits) then connection ID."""
+        return self.p_session + token_hash
+
+    def nodesessions(self, node: bytes) -> bytes:
+        """Set of the token hashes of ``node``'s sessions."""
+        return self.p_nodesessions + node
+
+    def handover(self, token_hash: bytes) -> bytes:
+        """The request ID of the handover of a session in progress (with a TTL)."""
+        return self.p_handover + token_hash
 
     def nodeconns(self, node: bytes) -> bytes:
         """Set of ``node``'s connection IDs."""

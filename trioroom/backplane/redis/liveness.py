@@ -74,6 +74,9 @@ class Liveness:
         self.peers: set[bytes] = set()
         #: Origins of room messages received (nodes sharing rooms with this one).
         self.origins: set[bytes] = set()
+        #: How long a swept node's session records stay (its clients then learn
+        #: that the node is gone: ``node_lost``).
+        self.session_window = 0.0
 
     @property
     def ttl_ms(self) -> int:
@@ -203,6 +206,7 @@ class Liveness:
                 return
             entries = await client.smembers(keys.nodemembers(node))
             conns = await client.smembers(keys.nodeconns(node))
+            sessions = await client.smembers(keys.nodesessions(node))
         logger.warning(
             "Redis backplane: node %s stopped refreshing its liveness key; removing its "
             "%d memberships and %d connections",
@@ -211,7 +215,14 @@ class Liveness:
             len(conns),
         )
         last = None
-        commands = self.commands.remove_node(node, entries, conns, root_notices=root_notices)
+        commands = self.commands.remove_node(
+            node,
+            entries,
+            conns,
+            root_notices=root_notices,
+            sessions=sessions,
+            session_ttl_ms=int(self.session_window * 1000),
+        )
         for args in commands:
             last = self.publisher.push(Op(args, MEMBERSHIP, wait=True))
         if last is not None and last.event is not None:
@@ -229,7 +240,15 @@ class Liveness:
         keys, node = self.keys, self.node_id
         entries = await client.smembers(keys.nodemembers(node))
         conns = await client.smembers(keys.nodeconns(node))
-        commands = self.commands.remove_node(node, entries, conns, root_notices=root_notices)
+        sessions = await client.smembers(keys.nodesessions(node))
+        commands = self.commands.remove_node(
+            node,
+            entries,
+            conns,
+            root_notices=root_notices,
+            sessions=sessions,
+            session_ttl_ms=int(self.session_window * 1000),
+        )
         async with client.connection_pool.acquire() as conn:
             if entries or conns:
                 await conn.create_request_batch(

@@ -68,8 +68,107 @@ if not node then
 end
 return redis.call('PUBLISH', ARGV[2] .. node, ARGV[3])
 """
+# Sessions moving between nodes (docs/scaling.md, *Resuming on any node*).
+# A session's record, session:<hash>, is the owner's node ID (32 hex digits)
+# followed by the connection ID.
+#
+# KEYS: session:<hash>, handover:<hash>
+# ARGV: alive key prefix, node channel prefix, request ID, request message, TTL (ms)
+# Returns the number of nodes that got the request, -1 for no such session,
+# -2 when its node is gone, -3 when another handover of it is in progress.
+HANDOVER_REQUEST = b"""
+local owner = redis.call('GET', KEYS[1])
+if not owner then
+  return -1
+end
+owner = string.sub(owner, 1, 32)
+if redis.call('EXISTS', ARGV[1] .. owner) == 0 then
+  return -2
+end
+if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[5]) then
+  return -3
+end
+local heard = redis.call('PUBLISH', ARGV[2] .. owner, ARGV[4])
+if heard == 0 then
+  redis.call('DEL', KEYS[2])
+  return -2
+end
+return heard
+"""
+# Moves the connection, its memberships and its session from the old node to
+# the new one in one step, then tells both: the cut (see docs/scaling.md).
+# KEYS: handover:<hash>, session:<hash>, conns, nodeconns:<old>, nodeconns:<new>,
+#       nodesessions:<old>, nodesessions:<new>, nodemembers:<old>,
+#       nodemembers:<new>, then members:<room> of each room
+# ARGV: request ID, old node, new node, conn ID, hash, node channel prefix,
+#       cut message, then the room names
+# Returns 1 when moved, 0 when the handover was cancelled, -1 when the old
+# node no longer holds the connection.
+HANDOVER_TRANSFER = b"""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+if redis.call('HGET', KEYS[3], ARGV[4]) ~= ARGV[2] then
+  return -1
+end
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[3])
+redis.call('SREM', KEYS[4], ARGV[4])
+redis.call('SADD', KEYS[5], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[3] .. ARGV[4])
+redis.call('SREM', KEYS[6], ARGV[5])
+redis.call('SADD', KEYS[7], ARGV[5])
+for i = 8, #ARGV do
+  local key = KEYS[i + 2]
+  local entry = ARGV[i] .. '\\0' .. ARGV[4]
+  if redis.call('HGET', key, ARGV[4]) == ARGV[2] then
+    redis.call('HSET', key, ARGV[4], ARGV[3])
+    redis.call('SREM', KEYS[8], entry)
+    redis.call('SADD', KEYS[9], entry)
+  end
+end
+redis.call('PUBLISH', ARGV[6] .. ARGV[2], ARGV[7])
+redis.call('PUBLISH', ARGV[6] .. ARGV[3], ARGV[7])
+return 1
+"""
+# Cancels a handover that has not transferred yet (it never will after this).
+# KEYS: handover:<hash>, session:<hash>, conns
+# ARGV: request ID, node channel prefix, abort message, conn ID, old node
+# Returns 1 when cancelled, 2 when it was not (or no longer) pending and the
+# old node still holds the connection, 0 when the connection moved.
+HANDOVER_CANCEL = b"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  local owner = redis.call('GET', KEYS[2])
+  if owner and ARGV[3] ~= '' then
+    redis.call('PUBLISH', ARGV[2] .. string.sub(owner, 1, 32), ARGV[3])
+  end
+  return 1
+end
+if ARGV[4] == '' or redis.call('HGET', KEYS[3], ARGV[4]) == ARGV[5] then
+  return 2
+end
+return 0
+"""
+# KEYS: session:<hash>, nodesessions:<node>; ARGV: hash, node
+SESSION_END = b"""
+redis.call('SREM', KEYS[2], ARGV[1])
+local owner = redis.call('GET', KEYS[1])
+if owner and string.sub(owner, 1, 32) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+end
+"""
 #: Loaded at the start of every session, in this order (see :attr:`Commands.shas`).
-SCRIPTS = (JOIN, LEAVE, UNREGISTER, DIRECT)
+SCRIPTS = (
+    JOIN,
+    LEAVE,
+    UNREGISTER,
+    DIRECT,
+    HANDOVER_REQUEST,
+    HANDOVER_TRANSFER,
+    HANDOVER_CANCEL,
+    SESSION_END,
+)
 #: What SCRIPT LOAD answers for DIRECT: direct messages held before any session
 #: name the script by it.
 DIRECT_SHA = hashlib.sha1(DIRECT).hexdigest().encode()
@@ -155,15 +254,122 @@ class Commands:
         sha = DIRECT_SHA if held else self.shas[3]
         return (b"EVALSHA", sha, 1, self.keys.conns, conn_id.encode(), self.keys.p_node, envelope)
 
+    # -- sessions (docs/scaling.md, *Resuming on any node*) ----------------------
+
+    def session_open(self, token_hash: bytes, conn_id: str) -> list[Command]:
+        """Record that this node holds the session ``token_hash`` of ``conn_id``."""
+        keys, node = self.keys, self.node_id
+        return [
+            (b"SET", keys.session(token_hash), node + conn_id.encode()),
+            (b"SADD", keys.nodesessions(node), token_hash),
+        ]
+
+    def session_end(self, token_hash: bytes) -> Command:
+        """Forget the session ``token_hash``, unless another node holds it now."""
+        keys, node = self.keys, self.node_id
+        return (
+            b"EVALSHA",
+            self.shas[7],
+            2,
+            keys.session(token_hash),
+            keys.nodesessions(node),
+            token_hash,
+            node,
+        )
+
+    def handover_request(
+        self, token_hash: bytes, request: bytes, message: bytes, ttl_ms: int
+    ) -> Command:
+        """Ask the node holding ``token_hash`` to hand it over (see the script)."""
+        keys = self.keys
+        return (
+            b"EVALSHA",
+            self.shas[4],
+            2,
+            keys.session(token_hash),
+            keys.handover(token_hash),
+            keys.p_alive,
+            keys.p_node,
+            request,
+            message,
+            str(ttl_ms).encode(),
+        )
+
+    def handover_transfer(
+        self,
+        token_hash: bytes,
+        request: bytes,
+        old: bytes,
+        conn_id: str,
+        rooms: list[str],
+        cut: bytes,
+    ) -> Command:
+        """Move ``conn_id``, its ``rooms`` and its session from ``old`` to this node."""
+        keys, new = self.keys, self.node_id
+        return (
+            b"EVALSHA",
+            self.shas[5],
+            9 + len(rooms),
+            keys.handover(token_hash),
+            keys.session(token_hash),
+            keys.conns,
+            keys.nodeconns(old),
+            keys.nodeconns(new),
+            keys.nodesessions(old),
+            keys.nodesessions(new),
+            keys.nodemembers(old),
+            keys.nodemembers(new),
+            *(keys.members(room) for room in rooms),
+            request,
+            old,
+            new,
+            conn_id.encode(),
+            token_hash,
+            keys.p_node,
+            cut,
+            *(room.encode() for room in rooms),
+        )
+
+    def handover_cancel(
+        self, token_hash: bytes, request: bytes, abort: bytes, conn_id: str = "", old: bytes = b""
+    ) -> Command:
+        """Cancel a handover not transferred yet; tell the old node (``abort``, if any)."""
+        keys = self.keys
+        return (
+            b"EVALSHA",
+            self.shas[6],
+            3,
+            keys.handover(token_hash),
+            keys.session(token_hash),
+            keys.conns,
+            request,
+            keys.p_node,
+            abort,
+            conn_id.encode(),
+            old,
+        )
+
     def remove_node(
-        self, node: bytes, entries: Iterable[bytes], conns: Iterable[bytes], *, root_notices: bool
+        self,
+        node: bytes,
+        entries: Iterable[bytes],
+        conns: Iterable[bytes],
+        *,
+        root_notices: bool,
+        sessions: Iterable[bytes] = (),
+        session_ttl_ms: int = 0,
     ) -> list[Command]:
         """Remove a node and its memberships (``room\\0conn``) and connections.
 
         Each room left gets a ``member_left`` (``root`` only with ``root_notices``).
+        The records of its ``sessions`` (token hashes) stay for ``session_ttl_ms``,
+        so that a client resuming one meanwhile learns that its node is gone
+        (``node_lost``) rather than ``unknown_token``.
         """
         keys = self.keys
         commands: list[Command] = []
+        for token_hash in sessions:
+            commands.append((b"PEXPIRE", keys.session(token_hash), max(session_ttl_ms, 1)))
         for entry in entries:
             room_b, _, cid = entry.partition(b"\0")
             room, conn_id = room_b.decode(errors="replace"), cid.decode(errors="replace")
@@ -179,6 +385,7 @@ class Commands:
                 b"DEL",
                 keys.nodemembers(node),
                 keys.nodeconns(node),
+                keys.nodesessions(node),
                 keys.alive(node),
                 keys.ready(node),
             )

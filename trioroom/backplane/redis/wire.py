@@ -14,11 +14,14 @@ import struct
 from ...protocol import encode
 
 __all__ = [
+    "CONTROL",
     "ORIGIN_SIZE",
     "ROOM_HEADER",
     "SYSTEM_ORIGIN",
+    "decode_control",
     "decode_direct",
     "decode_room",
+    "encode_control",
     "encode_direct",
     "encode_room",
     "member_left_notice",
@@ -30,6 +33,10 @@ ROOM_HEADER = struct.Struct(">16sH")
 ORIGIN_SIZE = 16
 #: Envelope of a direct message: length of the target connection ID.
 _LENGTH = struct.Struct(">H")
+#: Start of a control message on a node channel (session handovers): a length
+#: no connection ID has, where a direct message has its target's length.
+CONTROL = b"\xff\xff"
+_FIELD = struct.Struct(">I")
 #: Origin of messages every node delivers, its own included (sweeper notices).
 SYSTEM_ORIGIN = bytes(ORIGIN_SIZE)
 
@@ -75,3 +82,29 @@ def member_left_notice(room: str, conn_id: str) -> bytes:
     """
     message = encode(room, "member_left", "", "", conn_id.encode())
     return ROOM_HEADER.pack(SYSTEM_ORIGIN, 0) + message
+
+
+def encode_control(kind: bytes, *fields: bytes) -> bytes:
+    """A control message: :data:`CONTROL`, one byte of kind, then length-prefixed fields."""
+    parts = [CONTROL, kind]
+    for field in fields:
+        parts += (_FIELD.pack(len(field)), field)
+    return b"".join(parts)
+
+
+def decode_control(data: bytes) -> tuple[bytes, list[bytes]]:
+    """The kind and fields of a control message.
+
+    Raises :class:`struct.error` or ``ValueError`` when malformed.
+    """
+    kind = data[2:3]
+    fields = []
+    offset = 3
+    while offset < len(data):
+        (size,) = _FIELD.unpack_from(data, offset)
+        offset += _FIELD.size
+        if offset + size > len(data):
+            raise ValueError("control message truncated")
+        fields.append(data[offset : offset + size])
+        offset += size
+    return kind, fields
