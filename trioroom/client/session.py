@@ -75,9 +75,11 @@ class SessionLost:
 
     Attributes:
         reason: The server's reason: ``expired`` (the resume window passed),
-            ``buffer_overflow``, ``unknown_token`` (for example the server
-            restarted), ``identity_mismatch``, ``closed``,
-            ``server_shutdown``, ``bad_request``.
+            ``buffer_overflow``, ``unknown_token`` (no node of the cluster
+            knows it: for example the servers restarted), ``node_lost`` (the
+            node that held the session died, and its frames with it),
+            ``identity_mismatch``, ``closed``, ``server_shutdown``,
+            ``bad_request``.
         old_id: The connection ID of the lost session.
         new_id: The new connection ID (now :attr:`Room.id`).
         rooms: The rooms the client is joining again (besides ``root``).
