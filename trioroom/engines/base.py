@@ -93,7 +93,7 @@ class Endpoint(Protocol):
     admission: Admission
     process_request: ProcessRequestCallback | None
 
-    async def handle_transport(
+    def handle_transport(
         self, transport: Transport, request: Request, claims: Any, *, extended: bool = False
-    ) -> None:
-        """Serve an admitted connection until it closes."""
+    ) -> Awaitable[None]:
+        """Serve an admitted connection until it closes (await what it returns)."""
