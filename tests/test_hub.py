@@ -17,6 +17,7 @@ from trioroom.budget import Budget
 from trioroom.codes import ROOT, CloseCode, ErrorCode
 from trioroom.extension import ReplayBuffer
 from trioroom.hub import Close, Deliver, Direct, Effect, Fanout, Handle, Hub, Join, Leave, Sessions
+from trioroom.hub.sessions import claims_digest
 from trioroom.metrics import Metrics
 from trioroom.protocol import Message, encode
 from trioroom.settings import Settings
@@ -315,3 +316,54 @@ def test_only_a_lost_socket_suspends_a_session(reason: str, code: int, suspends:
     assert token is not None
     expected = {"peer": "closed", "heartbeat_timeout": "closed", "kicked": "kicked"}[reason]
     assert sessions.find(token, None, "0") == (None, 0, expected)
+
+
+def test_a_session_moving_to_another_node_leaves_and_arrives_without_notices() -> None:
+    old_node, new_node = make_hub(), make_hub()
+    a, b = connect(old_node, "a"), connect(old_node, "b")
+    join(old_node, a, "lobby")
+    join(old_node, b, "lobby")
+    # The old node lets the session go: no member_left for anyone, and the
+    # room stays with its other member.
+    old_node.detach(a)
+    assert old_node.member("a") is None
+    lobby = old_node.room("lobby")
+    assert lobby is not None and list(lobby.members) == ["b"]
+    # The new node takes it with its rooms, as a member that was always there.
+    moved = Peer("a")
+    new_node.adopt(moved, ["root", "lobby"])
+    assert new_node.member("a") is moved
+    assert moved.memberships == {ROOT: None, "lobby": None}
+    c = connect(new_node, "c")
+    ((_, ack), *notices) = sent(join(new_node, c, "lobby"))
+    assert json.loads(ack.payload) == ["c", "a"]
+    assert [(to, m.event) for to, m in notices] == [("a", "new_member")]
+    # The last local member moving away removes the room.
+    old_node.detach(b)
+    assert old_node.room("lobby") is None
+
+
+def test_a_handover_is_refused_for_the_same_reasons_as_a_local_resume() -> None:
+    sessions: Sessions[Peer] = Sessions(Settings(), Budget(10_000), new_token=lambda: "tok")
+    peer = Peer("a", claims={"user": "alice"})
+    sessions.open(peer, "a")
+    alice = claims_digest({"user": "alice"})
+    assert sessions.handover_refusal("tok", alice, 0) == (peer, None)
+    assert sessions.handover_refusal("tok", claims_digest({"user": "eve"}), 0) == (
+        None,
+        "identity_mismatch",
+    )
+    assert sessions.handover_refusal("tok", alice, -1) == (None, "bad_request")
+    assert sessions.handover_refusal("nope", alice, 0) == (None, "unknown_token")
+    # Claims are compared by content, not by object: another node rebuilt them.
+    assert claims_digest({"b": 1, "a": 2}) == claims_digest({"a": 2, "b": 1})
+    # A handover already under way: a second one is refused.
+    sessions.moving.add("tok")
+    assert sessions.handover_refusal("tok", alice, 0) == (None, "expired")
+    # Given away: this node forgets it without remembering an ending.
+    sessions.release(peer)
+    assert sessions.get("tok") is None
+    assert sessions.handover_refusal("tok", alice, 0) == (None, "unknown_token")
+    # Taken back: the token names the session here again.
+    sessions.adopt(peer, "tok")
+    assert sessions.get("tok") is peer
