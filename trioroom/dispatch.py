@@ -16,7 +16,7 @@ import trio
 from .backplane import Backplane
 from .connection import Connection
 from .hooks import Hooks
-from .hub import Close, Deliver, Direct, Effect, Fanout, Handle, Hub, Join, Leave
+from .hub import Close, Deliver, Direct, Effect, Fanout, Handle, Hub, Join, Leave, Room
 from .locks import RoomLocks
 from .metrics import Metrics
 from .outbound import OutboundBatch, deliver_to_all
@@ -68,13 +68,7 @@ class Dispatcher:
         """One inbound message: the hub's rules, then what they call for."""
         now = trio.current_time() if self._rate_limited else 0.0
         for effect in self.hub.receive(conn, data, now):
-            if isinstance(effect, Fanout):
-                self.fanout(effect)
-            elif isinstance(effect, Deliver):
-                effect.member.deliver(effect.frame)
-            elif isinstance(effect, Direct):
-                self.direct(effect)
-            else:
+            if isinstance(effect, Join | Leave | Handle):
                 # Joins, leaves and handlers may yield to other tasks: a batch
                 # of corked frames (see OutboundBatch) is written before them.
                 self._batch.flush()
@@ -82,37 +76,52 @@ class Dispatcher:
                     await self.join(conn, effect.room, ref=effect.ref)
                 elif isinstance(effect, Leave):
                     await self.leave(conn, effect.room, ref=effect.ref)
-                elif isinstance(effect, Handle):
-                    await self._call_handler(conn, effect)
                 else:
-                    self.perform([effect])
+                    await self._call_handler(conn, effect)
+            else:
+                self.perform_one(effect)
 
     def perform(self, effects: list[Effect]) -> None:
         """Carry out effects that need no waiting (every kind but joins, leaves, handlers)."""
         for effect in effects:
-            if isinstance(effect, Deliver):
-                effect.member.deliver(effect.frame)
-            elif isinstance(effect, Fanout):
-                self.fanout(effect)
-            elif isinstance(effect, Direct):
-                self.direct(effect)
-            elif isinstance(effect, Close):
-                effect.member.abort(
-                    effect.code, effect.reason, effect.why, graceful=effect.graceful
-                )
-            else:  # pragma: no cover - the hub returns these only from receive()
-                raise AssertionError(f"cannot perform {effect!r} here")
+            self.perform_one(effect)
+
+    def perform_one(self, effect: Effect) -> None:
+        """Carry out one effect that needs no waiting."""
+        # Most frequent first: a broadcast, then a reply or error, then a DM.
+        if isinstance(effect, Fanout):
+            self.fanout(effect)
+        elif isinstance(effect, Deliver):
+            effect.member.deliver(effect.frame)
+        elif isinstance(effect, Direct):
+            self.direct(effect)
+        elif isinstance(effect, Close):
+            effect.member.abort(effect.code, effect.reason, effect.why, graceful=effect.graceful)
+        else:  # pragma: no cover - the hub returns these only from receive()
+            raise AssertionError(f"cannot perform {effect!r} here")
+
+    def deliver_local(self, room: Room[Connection] | None, frame: bytes, exclude: str) -> int:
+        """Write ``frame`` to the local members of ``room`` but ``exclude``; how many."""
+        if room is None:
+            return 0
+        delivered = deliver_to_all(room.members.items(), frame, exclude)
+        metrics = self.metrics
+        metrics.messages_out += delivered
+        metrics.bytes_out += delivered * len(frame)
+        return delivered
+
+    def deliver_one(self, target: Connection, frame: bytes) -> bool:
+        """Write ``frame`` to one local connection; ``False`` if it did not take it."""
+        if target.deliver(frame):
+            self.metrics.messages_out += 1
+            self.metrics.bytes_out += len(frame)
+            return True
+        return False
 
     def fanout(self, effect: Fanout[Connection]) -> int:
         """Write one frame to the local members of a room, and publish it to the others."""
-        delivered = 0
-        room = effect.room
+        delivered = self.deliver_local(effect.room, effect.frame, effect.exclude)
         metrics = self.metrics
-        if room is not None:
-            frame = effect.frame
-            delivered = deliver_to_all(room.members.items(), frame, effect.exclude)
-            metrics.messages_out += delivered
-            metrics.bytes_out += delivered * len(frame)
         if self._distributed:
             self.backplane.publish_room(effect.name, effect.message, effect.exclude)
         if effect.count:
@@ -123,10 +132,7 @@ class Dispatcher:
     def direct(self, effect: Direct[Connection]) -> bool:
         target = effect.target
         if target is not None:
-            delivered = target.deliver(effect.frame)
-            if delivered:
-                self.metrics.messages_out += 1
-                self.metrics.bytes_out += len(effect.frame)
+            delivered = self.deliver_one(target, effect.frame)
         elif self._distributed:
             delivered = self.backplane.publish_direct(effect.dst, effect.message)
         else:
@@ -210,7 +216,8 @@ class Dispatcher:
             conn.debug("joined", extra={"room": name})
             if "join" in self._hooks:
                 await self._hooks.run("join", conn, name)
-        self.perform(hub.replied(conn, name, ref))
+        if ref is not None:
+            self.perform(hub.replied(conn, name, ref))
         return True
 
     async def leave(
@@ -233,7 +240,8 @@ class Dispatcher:
             conn.debug("left", extra={"room": name})
             if "leave" in self._hooks:
                 await self._hooks.run("leave", conn, name)
-        self.perform(hub.replied(conn, name, ref))
+        if ref is not None:
+            self.perform(hub.replied(conn, name, ref))
 
     async def leave_all(self, conn: Connection) -> None:
         """Leave every room of ``conn`` (``root`` last), telling the remaining members."""

@@ -49,7 +49,7 @@ from .hub import Hub, Sessions
 from .lifecycle import Lifecycle
 from .log import BoundedLog
 from .metrics import Metrics
-from .outbound import OutboundBatch, deliver_to_all
+from .outbound import OutboundBatch
 from .protocol import RESERVED_EVENTS
 from .settings import Settings, SettingsOverrides
 from .wsframe import binary_frame
@@ -403,12 +403,8 @@ class Server:
         local = self.hub.room(room)
         if local is None:
             return 0
-        frame = binary_frame(message)
-        delivered = deliver_to_all(local.members.items(), frame, exclude)
-        metrics = self.metrics
-        metrics.messages_out += delivered
-        metrics.bytes_out += delivered * len(frame)
-        metrics.fanout_deliveries += delivered
+        delivered = self._dispatch.deliver_local(local, binary_frame(message), exclude)
+        self.metrics.fanout_deliveries += delivered
         return delivered
 
     def deliver_direct_from_backplane(self, conn_id: str, message: bytes) -> bool:
@@ -417,12 +413,7 @@ class Server:
         if target is None:
             self.metrics.frames_dropped["unknown_dst"] += 1
             return False
-        frame = binary_frame(message)
-        if target.deliver(frame):
-            self.metrics.messages_out += 1
-            self.metrics.bytes_out += len(frame)
-            return True
-        return False
+        return self._dispatch.deliver_one(target, binary_frame(message))
 
     def local_rooms_of(self) -> dict[str, list[str]]:
         """Local membership: room name to member IDs (for backplane resyncs)."""
