@@ -25,6 +25,9 @@ from .settings import Settings
 
 __all__ = ["AuthorizeJoinCallback", "Dispatcher", "Handler"]
 
+#: Effects whose performing may wait (a tuple: ``A | B`` would build a union per call).
+_WAITING = (Join, Leave, Handle)
+
 Handler = Callable[[Connection, Message], Awaitable[Any]]
 AuthorizeJoinCallback = Callable[[Connection, str], Awaitable[bool]]
 
@@ -68,7 +71,7 @@ class Dispatcher:
         """One inbound message: the hub's rules, then what they call for."""
         now = trio.current_time() if self._rate_limited else 0.0
         for effect in self.hub.receive(conn, data, now):
-            if isinstance(effect, Join | Leave | Handle):
+            if isinstance(effect, _WAITING):
                 # Joins, leaves and handlers may yield to other tasks: a batch
                 # of corked frames (see OutboundBatch) is written before them.
                 self._batch.flush()
