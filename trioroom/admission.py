@@ -22,7 +22,7 @@ from .handshake import Request, TrustedProxies, client_address, host_allowed, or
 from .log import BoundedLog
 from .settings import Settings
 
-__all__ = ["Admission", "AuthorizeCallback"]
+__all__ = ["Admission", "AuthorizeCallback", "Handshake"]
 
 logger = logging.getLogger("trioroom.server")
 
@@ -185,9 +185,54 @@ class Admission:
         self._handshakes[address] += 1
         return True
 
+    def handshake(self, request: Request) -> Handshake:
+        """The counters of an upgrade from ``request``, held for a ``with`` block.
+
+        For engines whose server read the request already (trio-websocket,
+        ASGI): call after :meth:`begin_handshake` let the request's address in.
+        """
+        return Handshake(self, request)
+
     def end_handshake(self, address: str | None) -> None:
         """The handshake counted by :meth:`begin_handshake` is over."""
         if address is not None:
             self._handshakes[address] -= 1
             if self._handshakes[address] <= 0:
                 del self._handshakes[address]
+
+
+class Handshake:
+    """One upgrade in progress, from :meth:`begin_handshake` to the connection.
+
+    Inside the ``with`` block it counts against ``max_connections`` (as
+    :attr:`Admission.handshaking`) and against its address's handshakes in
+    progress. :meth:`handed_over` gives both back once the connection counts
+    itself; leaving the block gives back whatever is still held, and the
+    request's connection slot if no connection took it.
+    """
+
+    __slots__ = ("_address", "_admission", "_counted", "_request")
+
+    def __init__(self, admission: Admission, request: Request) -> None:
+        self._admission = admission
+        self._request = request
+        self._address = request.remote_address
+        self._counted = False
+
+    def __enter__(self) -> Handshake:
+        self._admission.handshaking += 1
+        self._counted = True
+        return self
+
+    def handed_over(self) -> None:
+        """The connection counts itself from now on (call just before serving it)."""
+        if self._counted:
+            self._counted = False
+            self._admission.handshaking -= 1
+            self._admission.end_handshake(self._address)
+            self._address = None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.handed_over()
+        # A no-op once a connection holds the slot.
+        self._admission.release(self._request)

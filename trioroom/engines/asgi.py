@@ -327,63 +327,52 @@ async def serve_asgi_websocket(
     except Reject as exc:
         await _reject(server, send, exc, denial)
         return
-    address = trequest.remote_address
     # The ASGI server read the request already: the cap bounds how many wait
     # for authorize and the accept from one address.
-    if not admission.begin_handshake(address):
+    if not admission.begin_handshake(trequest.remote_address):
         await _reject(server, send, Reject(429, HANDSHAKES_IN_PROGRESS), denial)
         return
-    # Count the connection while it is admitted, as the native engine does, so
-    # that concurrent handshakes cannot exceed max_connections.
-    admission.handshaking += 1
-    counted = True
-    # Answered after the counters above are given back (the finally below):
-    # a client that sees its refusal finds the server's slots free again.
+    # Answered after the counters are given back (leaving the handshake
+    # block): a client that sees its refusal finds the server's slots free.
     refusal: Reject | None = None
     accepting = False
     try:
-        # One deadline for admission (authorize included) and the accept.
-        with trio.move_on_after(server.settings.handshake_timeout) as deadline:
-            try:
-                claims = await admission.admit(trequest)
-            except Reject as exc:
-                refusal = exc
-            else:
-                # Offer the trioroom.v1 extension to clients that ask for it.
-                proposed = scope.get("subprotocols") or ()
-                subprotocol = SUBPROTOCOL if SUBPROTOCOL in proposed else None
-                accepting = True
-                await send({"type": "websocket.accept", "subprotocol": subprotocol})
-        if deadline.cancelled_caught:
-            if accepting:
-                # The accept may be on its way: too late for a refusal.
-                server.metrics.handshakes_rejected[408] += 1
-            else:
-                # Answered, unlike a silent return, which Hypercorn turns into a 500.
-                refusal = Reject(408, "Handshake timed out")
-        elif refusal is None:
-            transport = ASGITransport(receive, send, server.settings.max_message_size)
-            admission.handshaking -= 1
-            counted = False
-            admission.end_handshake(address)
-            address = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(transport.run_sender)
+        # Counted while admitted, as on the native engine, so that concurrent
+        # handshakes cannot exceed max_connections.
+        with admission.handshake(trequest) as handshake:
+            # One deadline for admission (authorize included) and the accept.
+            with trio.move_on_after(server.settings.handshake_timeout) as deadline:
                 try:
-                    await server.handle_transport(
-                        transport, trequest, claims, extended=subprotocol is not None
-                    )
-                finally:
-                    # Ends the sender once it has sent what it holds.
-                    await transport.abort()
+                    claims = await admission.admit(trequest)
+                except Reject as exc:
+                    refusal = exc
+                else:
+                    # Offer the trioroom.v1 extension to clients that ask for it.
+                    proposed = scope.get("subprotocols") or ()
+                    subprotocol = SUBPROTOCOL if SUBPROTOCOL in proposed else None
+                    accepting = True
+                    await send({"type": "websocket.accept", "subprotocol": subprotocol})
+            if deadline.cancelled_caught:
+                if accepting:
+                    # The accept may be on its way: too late for a refusal.
+                    server.metrics.handshakes_rejected[408] += 1
+                else:
+                    # Answered, unlike a silent return, which Hypercorn turns into a 500.
+                    refusal = Reject(408, "Handshake timed out")
+            elif refusal is None:
+                transport = ASGITransport(receive, send, server.settings.max_message_size)
+                handshake.handed_over()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(transport.run_sender)
+                    try:
+                        await server.handle_transport(
+                            transport, trequest, claims, extended=subprotocol is not None
+                        )
+                    finally:
+                        # Ends the sender once it has sent what it holds.
+                        await transport.abort()
     except Exception:
         logger.exception("connection from %s failed", trequest.remote_address)
-    finally:
-        if counted:
-            admission.handshaking -= 1
-        admission.end_handshake(address)
-        # A no-op once handle_transport's connection holds the slot.
-        admission.release(trequest)
     if refusal is not None:
         await _reject(server, send, refusal, denial)
 

@@ -185,51 +185,40 @@ async def serve_trio_websocket(
         with contextlib.suppress(trio_websocket.ConnectionClosed):
             await _reject(endpoint, request, exc)
         return
-    address = trequest.remote_address
     # trio-websocket read the request already: the cap bounds how many wait
     # for authorize and the 101 from one address.
-    if not admission.begin_handshake(address):
+    if not admission.begin_handshake(trequest.remote_address):
         refusal = Reject(429, HANDSHAKES_IN_PROGRESS)
         with contextlib.suppress(trio_websocket.ConnectionClosed):
             await _reject(endpoint, request, refusal)
         return
-    # Count the connection while it is admitted, as the native engine does, so
-    # that concurrent handshakes cannot exceed max_connections.
-    admission.handshaking += 1
-    counted = True
     try:
-        # One deadline for admission (authorize included) and the 101.
-        with trio.move_on_after(endpoint.settings.handshake_timeout) as deadline:
-            try:
-                claims = await admission.admit(trequest)
-            except Reject as exc:
-                await _reject(endpoint, request, exc)
+        # Counted while admitted, as on the native engine, so that concurrent
+        # handshakes cannot exceed max_connections.
+        with admission.handshake(trequest) as handshake:
+            # One deadline for admission (authorize included) and the 101.
+            with trio.move_on_after(endpoint.settings.handshake_timeout) as deadline:
+                try:
+                    claims = await admission.admit(trequest)
+                except Reject as exc:
+                    await _reject(endpoint, request, exc)
+                    return
+                # Offer the trioroom.v1 extension to clients that ask for it.
+                proposed = request.proposed_subprotocols
+                subprotocol = SUBPROTOCOL if SUBPROTOCOL in proposed else None
+                ws = await request.accept(subprotocol=subprotocol)
+            if deadline.cancelled_caught:
+                endpoint.metrics.handshakes_rejected[408] += 1
                 return
-            # Offer the trioroom.v1 extension to clients that ask for it.
-            proposed = request.proposed_subprotocols
-            subprotocol = SUBPROTOCOL if SUBPROTOCOL in proposed else None
-            ws = await request.accept(subprotocol=subprotocol)
-        if deadline.cancelled_caught:
-            endpoint.metrics.handshakes_rejected[408] += 1
-            return
-        transport = TrioWebsocketTransport(ws, endpoint.settings.max_message_size)
-        admission.handshaking -= 1
-        counted = False
-        admission.end_handshake(address)
-        address = None
-        await endpoint.handle_transport(
-            transport, trequest, claims, extended=subprotocol is not None
-        )
+            transport = TrioWebsocketTransport(ws, endpoint.settings.max_message_size)
+            handshake.handed_over()
+            await endpoint.handle_transport(
+                transport, trequest, claims, extended=subprotocol is not None
+            )
     except trio_websocket.ConnectionClosed:
         logger.debug("client %s went away during the handshake", trequest.remote_address)
     except Exception:
         logger.exception("connection from %s failed", trequest.remote_address)
-    finally:
-        if counted:
-            admission.handshaking -= 1
-        admission.end_handshake(address)
-        # A no-op once handle_transport's connection holds the slot.
-        admission.release(trequest)
 
 
 async def _reject(
