@@ -12,7 +12,6 @@ to trioroom through ASGI.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 
@@ -21,22 +20,13 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _trioroom_engine import make_server
 from _wsrooms import announce, parse_args
-
-from trioroom import Server
-from trioroom.cli import tune_gc
 
 
 async def main() -> None:
     args = parse_args(__doc__)
-    logging.basicConfig(level=logging.WARNING)
-    server = Server(
-        root_notices=False,
-        root_member_list_limit=1,
-        max_connections_per_address=1_000_000,
-        max_handshakes_per_address=1_000_000,
-    )
-    tune_gc(50_000)
+    server = make_server()
     config = Config()
     config.bind = [f"{args.host}:{args.port}"]
     config.accesslog = None

@@ -10,7 +10,6 @@ outbound message goes through its ``send_message``.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import sys
 
@@ -18,22 +17,13 @@ import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _trioroom_engine import make_server
 from _wsrooms import announce, parse_args
-
-from trioroom import Server
-from trioroom.cli import tune_gc
 
 
 async def main() -> None:
     args = parse_args(__doc__)
-    logging.basicConfig(level=logging.WARNING)
-    server = Server(
-        root_notices=False,
-        root_member_list_limit=1,
-        max_connections_per_address=1_000_000,
-        max_handshakes_per_address=1_000_000,
-    )
-    tune_gc(50_000)
+    server = make_server()
 
     async def handler(request: WebSocketRequest) -> None:
         await server.handle_trio_websocket(request)
