@@ -33,6 +33,7 @@ from typing import Any, TypeVar, Unpack, cast
 import attrs
 import trio
 
+from . import accept
 from .admission import Admission, AuthorizeCallback
 from .backplane import Backplane, LocalBackplane
 from .budget import Budget
@@ -274,7 +275,7 @@ class Server:
         handler = partial(self.handle_stream, loopback_only=loopback_only)
         try:
             with scope:
-                await trio.serve_listeners(handler, list(listeners), handler_nursery=nursery)
+                await accept.serve_listeners(listeners, handler, nursery)
         finally:
             self._accept_scopes.discard(scope)
             with trio.CancelScope(shield=True):
