@@ -138,6 +138,7 @@ class StreamTransport:
         *,
         ping_rate: float | None = None,
         ping_burst: int = 1,
+        preface: bytes = b"",
     ) -> None:
         self._stream = stream
         self._protocol = protocol
@@ -149,6 +150,9 @@ class StreamTransport:
         # The end of a frame send_now could not write: the writer sends it
         # before anything else, and close() before its close frame.
         self._unsent = b""
+        # The handshake's answer, when serve_stream left it to go out with the
+        # first frame (one write fewer per connection): before anything else.
+        self._preface = preface
         # The peer's pings: a token bucket, refilled when a ping arrives.
         self._ping_rate = ping_rate or 0.0
         self._ping_burst = float(ping_burst)
@@ -182,6 +186,10 @@ class StreamTransport:
             if self._ended:
                 return None
             sock = self._socket
+            if self._preface:
+                # Nothing was written yet: the writer sends the answer now,
+                # rather than leave the client waiting for it.
+                self._wake()
             try:
                 if sock is None:
                     data = await self._stream.receive_some(RECEIVE_SIZE)
@@ -312,6 +320,9 @@ class StreamTransport:
         fd = sock.fileno()
         if fd < 0:
             raise trio.ClosedResourceError("the socket was closed")
+        if self._preface:
+            data = self._preface + data
+            self._preface = b""
         try:
             sent = os.write(fd, data)
         except BlockingIOError:
@@ -336,6 +347,9 @@ class StreamTransport:
             # before it, pongs included.
             frames = [self._unsent, *frames]
             self._unsent = b""
+        if self._preface:
+            frames = [self._preface, *frames]
+            self._preface = b""
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         if not data:
             # Only wake-ups: trio's send_all(b"") is a checkpoint, and a
@@ -366,6 +380,9 @@ class StreamTransport:
         # The end of a frame begun by send_now always goes first: the close
         # frame must not land in the middle of a frame.
         before = [self._unsent, *self._control] if self._unsent else self._control
+        if self._preface:
+            before = [self._preface, *before]
+            self._preface = b""
         self._unsent = b""
         self._control = []
         if protocol.state is State.OPEN and code not in NOT_SENDABLE:
@@ -378,7 +395,7 @@ class StreamTransport:
             # The close frame comes last: nothing may follow it.
             data = b"".join(before + pending + self._final + closing)
             if data:
-                await self._stream.send_all(data)
+                await send_all(self._stream, data)
             # Read until the peer's close frame or EOF, so the peer sees a clean
             # closing handshake and unread input does not turn our close into
             # a TCP reset; the caller bounds the wait.
@@ -441,9 +458,13 @@ async def serve_stream(
             admission.end_handshake(capped)
         if opened is None:
             return
-        request, claims = opened
+        request, claims, preface = opened
         transport = StreamTransport(
-            stream, protocol, ping_rate=settings.ping_rate_limit, ping_burst=settings.ping_burst
+            stream,
+            protocol,
+            ping_rate=settings.ping_rate_limit,
+            ping_burst=settings.ping_burst,
+            preface=preface,
         )
         # handle_transport counts the connection from here on.
         admission.handshaking -= 1
@@ -467,11 +488,15 @@ async def _open(
     protocol: ServerProtocol,
     remote: str | None,
     loopback_only: bool,
-) -> tuple[Request, Any] | None:
-    """The opening handshake: ``(request, claims)`` once the 101 is sent, else ``None``.
+) -> tuple[Request, Any, bytes] | None:
+    """The opening handshake: ``(request, claims, preface)`` once accepted, else ``None``.
 
     One deadline, ``handshake_timeout``, covers all of it: reading the
-    request, deciding (``authorize`` included) and sending the answer.
+    request, deciding (``authorize`` included) and sending the answer. On a
+    plain socket the 101 is not sent here but returned as ``preface``, to go
+    out in one write with the first frame (the ``root`` join_ack, which
+    follows at once); a request that resumes a session gets it at once, as
+    finding the session may wait.
     """
     admission = endpoint.admission
     request: Request | None = None
@@ -498,11 +523,19 @@ async def _open(
             if response.status_code != 101 and claims is not _PLAIN_HTTP:
                 endpoint.metrics.handshakes_rejected[response.status_code] += 1
             protocol.send_response(response)
-            await send_all(stream, b"".join(protocol.data_to_send()))
+            answer = b"".join(protocol.data_to_send())
+            if (
+                response.status_code == 101
+                and isinstance(stream, trio.SocketStream)
+                and "resume" not in request.query
+            ):
+                accepted = True
+                return request, claims, answer
+            await send_all(stream, answer)
             if response.status_code != 101:
                 return None
             accepted = True
-            return request, claims
+            return request, claims, b""
     finally:
         # Refused, timed out, cancelled or failed after admission: the
         # slot admit() reserved goes back.
