@@ -35,7 +35,7 @@ from .engines.base import Transport
 from .extension import ReplayBuffer, error_message, not_resumed_message
 from .handshake import Request
 from .log import ConnectionLogger
-from .outbound import ConnectionContext, Outbound, OutboundBatch, deliver_to_all
+from .outbound import WRITER_STOP, ConnectionContext, Outbound, OutboundBatch, deliver_to_all
 from .protocol import encode
 from .wsframe import binary_frame
 
@@ -44,6 +44,10 @@ __all__ = ["Connection", "ConnectionContext", "OutboundBatch", "check_close", "d
 logger = logging.getLogger("trioroom.connection")
 _WRITER = "trioroom.Connection._writer"
 _HEARTBEAT = "trioroom.Connection._heartbeat"
+
+
+def _abort_sleep(_: Any) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.SUCCEEDED
 
 
 class Connection(Outbound):
@@ -65,6 +69,7 @@ class Connection(Outbound):
         "_log",
         "_resumed",
         "_session_changed",
+        "_sleeper",
         "_suspended",
         "_write_started",
         "bad_frames",
@@ -112,6 +117,8 @@ class Connection(Outbound):
         # Made on demand (see the properties): most connections are never
         # waited on and never given application data.
         self._closed: trio.Event | None = None
+        # The heartbeat task while it sleeps between ticks (see _stop_quietly).
+        self._sleeper: trio.lowlevel.Task | None = None
         self._ended = False
         self._data: dict[str, Any] | None = None
         self.frames_dropped = 0
@@ -282,7 +289,8 @@ class Connection(Outbound):
                     finally:
                         batch.flush()
                 self._reader_ended(transport)
-                nursery.cancel_scope.cancel()
+                if not self._stop_quietly():
+                    nursery.cancel_scope.cancel()
         finally:
             self.stop_direct()
 
@@ -320,11 +328,30 @@ class Connection(Outbound):
                 self.close_reason = reason
                 self.disconnect_reason = "peer"
 
+    def _stop_quietly(self) -> bool:
+        """Let the writer and the heartbeat return, if both are idle; else ``False``.
+
+        Cheaper than cancelling them, which raises through each task and
+        leaves the nursery an exception group to take apart, once per
+        connection.
+        """
+        sleeper = self._sleeper
+        if sleeper is None or not self._receive_channel.statistics().tasks_waiting_receive:
+            return False
+        # The writer waits on an empty queue: the stop reaches it first.
+        self._send_channel.send_nowait(WRITER_STOP)
+        self._sleeper = None
+        trio.lowlevel.reschedule(sleeper)
+        return True
+
     async def _writer(self, transport: Transport, scope: trio.CancelScope) -> None:
         receive = self._receive_channel.receive
         receive_nowait = self._receive_channel.receive_nowait
         while True:
-            frames = [await receive()]
+            first = await receive()
+            if first is WRITER_STOP:
+                return
+            frames = [first]
             # _queued_bytes is the size of what the channel holds, so it says
             # whether more is waiting; asking receive_nowait until it raises
             # WouldBlock would cost an exception per write. (No local names
@@ -384,11 +411,17 @@ class Connection(Outbound):
         ping_sent: float | None = None
         while True:
             if ping_sent is None:
-                # trio.sleep(tick) without its two wrapper coroutines: an idle
-                # connection spends its life here, so their frames would be
-                # memory held per connection.
+                # trio.sleep(tick) without its three wrapper coroutines: an
+                # idle connection spends its life here, so their frames would
+                # be memory held per connection.
                 with trio.move_on_after(tick):
-                    await trio.sleep_forever()
+                    self._sleeper = trio.lowlevel.current_task()
+                    try:
+                        await trio.lowlevel.wait_task_rescheduled(_abort_sleep)
+                    finally:
+                        self._sleeper = None
+                    # Woken, not timed out: _stop_quietly() ended the connection.
+                    return
             else:
                 remaining = ping_sent + ping_timeout - trio.current_time()
                 with trio.move_on_after(max(0.0, min(tick, remaining))):

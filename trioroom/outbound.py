@@ -32,7 +32,11 @@ from .log import BoundedLog, ConnectionLogger
 from .metrics import Metrics
 from .settings import Settings
 
-__all__ = ["ConnectionContext", "Outbound", "OutboundBatch", "deliver_to_all"]
+__all__ = ["WRITER_STOP", "ConnectionContext", "Outbound", "OutboundBatch", "deliver_to_all"]
+
+#: Put in an idle writer's queue to make it return (see ``Connection.run``):
+#: told apart from frames by identity, never written.
+WRITER_STOP = bytes(16)
 
 _FULL = {"slow_consumer": "queue full", "memory_budget": "server buffer budget full"}
 
@@ -401,7 +405,8 @@ class Outbound:
         self._budget.used -= self._queued_bytes + self._inflight_bytes
         self._queued_bytes = 0
         self._inflight_bytes = 0
-        return [f for f in frames if f]
+        # (A stop the writer was cancelled before it took.)
+        return [f for f in frames if f and f is not WRITER_STOP]
 
     def release(self) -> None:
         """Give back everything the ended connection holds against the budget."""

@@ -598,10 +598,9 @@ async def _read_request(stream: trio.abc.Stream, protocol: ServerProtocol) -> Ws
     sock = stream.socket if isinstance(stream, trio.SocketStream) else None
     while True:
         try:
-            data = _read_now(sock) if sock is not None else None
+            early = _read_now(sock) if sock is not None else None
             sock = None
-            if data is None:
-                data = await receive_some(stream)
+            data = early if early is not None else await receive_some(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
         if data:
