@@ -5,6 +5,7 @@ Everything here is plain code over websockets' parsed ``Request``: no I/O.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -136,6 +137,10 @@ def _host_name(host: str) -> str | None:
     return name or None
 
 
+# Asked once per handshake of a loopback-only server, where parsing the
+# address is a measurable share of a connect; a client cycling through Host
+# values only cycles the cache.
+@functools.lru_cache(maxsize=256)
 def _is_loopback(name: str) -> bool:
     if name == "localhost" or name.endswith(".localhost"):
         return True

@@ -12,6 +12,9 @@ import trio
 
 __all__ = ["RoomLocks"]
 
+#: Unused lock entries kept for reuse.
+SPARE_ENTRIES = 64
+
 
 class _Entry:
     __slots__ = ("lock", "users")
@@ -26,13 +29,33 @@ class RoomLocks:
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        # Entries (and their trio locks) no task holds, kept for the next
+        # hold: every connect and disconnect takes the lock of ``root``.
+        self._spare: list[_Entry] = []
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def hold(self, name: str) -> _Hold:
         """``async with locks.hold(room): ...`` holds the lock of ``room``."""
-        return _Hold(self._entries, name)
+        return _Hold(self, name)
+
+    def user(self, name: str) -> _Entry:
+        """The entry of ``name``'s lock, counting one more task that holds or waits for it."""
+        entry = self._entries.get(name)
+        if entry is None:
+            spare = self._spare
+            entry = self._entries[name] = spare.pop() if spare else _Entry()
+        entry.users += 1
+        return entry
+
+    def done(self, name: str, entry: _Entry) -> None:
+        """A task no longer holds or waits for ``name``'s lock."""
+        entry.users -= 1
+        if not entry.users and self._entries.get(name) is entry:
+            del self._entries[name]
+            if len(self._spare) < SPARE_ENTRIES:
+                self._spare.append(entry)
 
 
 class _Hold:
@@ -45,27 +68,23 @@ class _Hold:
     yields).
     """
 
-    __slots__ = ("_entries", "_entry", "_name")
+    __slots__ = ("_entry", "_locks", "_name")
 
-    def __init__(self, entries: dict[str, _Entry], name: str) -> None:
-        self._entries = entries
+    def __init__(self, locks: RoomLocks, name: str) -> None:
+        self._locks = locks
         self._name = name
         self._entry: _Entry | None = None
 
     async def __aenter__(self) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        entry = self._entries.get(self._name)
-        if entry is None:
-            entry = self._entries[self._name] = _Entry()
-        entry.users += 1
-        self._entry = entry
+        entry = self._entry = self._locks.user(self._name)
         try:
             entry.lock.acquire_nowait()
         except trio.WouldBlock:
             try:
                 await entry.lock.acquire()
             except BaseException:
-                self._done(entry)
+                self._locks.done(self._name, entry)
                 raise
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -73,9 +92,4 @@ class _Hold:
         assert entry is not None
         self._entry = None
         entry.lock.release()
-        self._done(entry)
-
-    def _done(self, entry: _Entry) -> None:
-        entry.users -= 1
-        if not entry.users and self._entries.get(self._name) is entry:
-            del self._entries[self._name]
+        self._locks.done(self._name, entry)
