@@ -307,6 +307,13 @@ def markdown(data: dict[str, Any], charts: list[str]) -> str:
         f"every {s['chat_interval_ms']:g} ms each; churn {s['churn_concurrency']} concurrent "
         f"workers; idle {s['idle_conns']:,} connections; DM pairs {s['dm_pairs']}; "
         f"wsrooms load client: {s['client']}. A fresh server for every workload."
+        + (
+            f" Fan-out, churn and DM measured {meta['repeat']} times each, the peers "
+            "alternated; each is reported from the measurement with the median figure "
+            '(the spread is under "Repeated measurements").'
+            if meta.get("repeat", 1) > 1
+            else ""
+        )
     )
     lines.append("")
     lines.append("**Peers:**")
@@ -411,6 +418,25 @@ def markdown(data: dict[str, Any], charts: list[str]) -> str:
             lines.append(f"- `{p}` {item}: **error** {err}")
         for n in notes:
             lines.append(f"- {n}")
+        lines.append("")
+
+    repeated = [
+        (p, item, r)
+        for p in peers
+        for item, r in data["results"].get(p, {}).items()
+        if isinstance(r, dict) and r.get("rounds")
+    ]
+    if repeated:
+        lines.append("## Repeated measurements")
+        lines.append("")
+        lines.append(
+            "Each round's figure (deliveries per server-CPU-second for fan-out, cycles/s for "
+            "churn, round trips/s for DM); the tables above report the median round."
+        )
+        lines.append("")
+        for p, item, r in repeated:
+            figures = ", ".join(fmt(x) for x in r["rounds"])
+            lines.append(f"- `{p}` {item}: {figures}")
         lines.append("")
 
     sweep_rows = [(p, data["results"].get(p, {}).get("chat_sweep")) for p in peers]
