@@ -6,6 +6,8 @@ write with the ``root`` join_ack. Real sockets on 127.0.0.1, port 0.
 
 from __future__ import annotations
 
+import sys
+
 import trio
 from websockets.frames import Opcode
 from websockets.protocol import State
@@ -16,6 +18,7 @@ from trioroom.accept import ACCEPT_BATCH, serve_listeners
 from trioroom.engines.native import StreamTransport
 from trioroom.protocol import Message
 
+from .serveproc import READY, Client, running
 from .wire import RawClient
 
 
@@ -139,3 +142,42 @@ async def test_a_reader_that_waits_before_anything_was_written_wakes_the_writer(
     assert woken
     await transport.write([b""])
     assert await _read_exactly(peer, 7) == b"ANSWER|"
+
+
+async def test_out_of_descriptors_the_server_waits_and_serves_again() -> None:
+    """A server out of file descriptors logs EMFILE, waits, and serves once some are free."""
+    limit = 48
+    script = (
+        "import resource, runpy, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))\n"
+        "sys.argv = ['trioroom', *sys.argv[1:]]\n"
+        "runpy.run_module('trioroom', run_name='__main__')\n"
+    )
+    command = [
+        sys.executable,
+        "-c",
+        script,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--max-connections-per-address",
+        "1000",
+        "--max-handshakes-per-address",
+        "1000",
+    ]
+    async with running(command) as child:
+        match = await child.stdout.wait_for(READY)
+        address = (match.group(1).decode(), int(match.group(2)))
+        # More connections than the server has descriptors for; none sends
+        # a request, so each one the server accepted holds its descriptor.
+        streams = [await trio.open_tcp_stream(*address) for _ in range(limit + 8)]
+        await child.stderr.wait_for(b"accept returned EMFILE")
+        for stream in streams:
+            await stream.aclose()
+        # Descriptors free again: the connections still queued are accepted
+        # (and find their clients gone), and a new client is served.
+        client = await Client.connect(address)
+        assert client.id
+        await client.close()

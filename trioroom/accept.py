@@ -23,6 +23,8 @@ from typing import Any
 
 import trio
 
+from .log import BoundedLog
+
 __all__ = ["ACCEPT_BATCH", "serve_listeners"]
 
 logger = logging.getLogger("trioroom.server")
@@ -71,9 +73,11 @@ async def serve_listeners(
     """
     plain = [lis for lis in listeners if type(lis) is trio.SocketListener]
     others = [lis for lis in listeners if type(lis) is not trio.SocketListener]
+    # Out of descriptors, accept fails ten times a second until some are free.
+    shortage_log = BoundedLog(logger)
     async with trio.open_nursery() as accepting:
         for listener in plain:
-            accepting.start_soon(_accept_plain, listener, handler, nursery)
+            accepting.start_soon(_accept_plain, listener, handler, nursery, shortage_log)
         if others:
             accepting.start_soon(_serve_others, others, handler, nursery)
 
@@ -90,6 +94,7 @@ async def _accept_plain(
     listener: trio.SocketListener,
     handler: Callable[[trio.SocketStream], Awaitable[None]],
     nursery: trio.Nursery,
+    shortage_log: BoundedLog,
 ) -> None:
     # A stdlib socket object on the listener's own descriptor: its accept()
     # returns at once (the descriptor is non-blocking) where the trio
@@ -115,7 +120,9 @@ async def _accept_plain(
                     if exc.errno in IGNORED_ERRNOS:
                         continue
                     if exc.errno in CAPACITY_ERRNOS:
-                        logger.error(
+                        shortage_log.log(
+                            logging.ERROR,
+                            errno.errorcode[exc.errno],
                             "accept returned %s (%s); retrying in %s seconds",
                             errno.errorcode[exc.errno],
                             os.strerror(exc.errno),
