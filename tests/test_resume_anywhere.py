@@ -13,7 +13,9 @@ In-process tests run nodes as Servers sharing a Redis (fixtures of
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from collections import defaultdict
 from typing import Any
 
@@ -226,6 +228,51 @@ async def test_unknown_token_means_no_node_knows_it_and_claims_must_match(
     assert first.event == "trioroom.resumed"
     conn = n1.server.connection(session.id)
     assert conn is not None and conn.rooms == {"root", "lobby"}
+
+
+async def test_while_redis_is_stalled_a_resume_elsewhere_is_refused_in_time_and_the_session_stays(
+    start_cluster: StartCluster,
+) -> None:
+    # A Redis of this test's own, stopped (SIGSTOP) while the client comes back.
+    own = test_redis.RedisProcess()
+    own.start()
+    try:
+        n0, n1 = await start_cluster(2, url=own.url, root_notices=False)
+        session = await Session.open(n0.address)
+        await session.join("lobby")
+        session.drop()
+
+        async def suspended() -> bool:
+            await trio.lowlevel.checkpoint()
+            conn = n0.server.connection(session.id)
+            return conn is not None and conn.suspended
+
+        await eventually(suspended)
+        assert own.process is not None
+        os.kill(own.process.pid, signal.SIGSTOP)
+        try:
+            # Another node must ask the holder through Redis: it cannot, and
+            # says so within its bounds instead of hanging the client.
+            with trio.fail_after(LIMIT):
+                first = await session.resume(n1.address)
+            assert first.event == "trioroom.not_resumed", first
+            # Not unknown_token: the token is fine, the holder cannot be asked.
+            assert json.loads(first.payload) == {"reason": "unavailable"}
+            fresh = await session.raw.recv()
+            assert fresh.event == "trioroom.session"
+            assert json.loads(fresh.payload)["id"] != session.id
+            assert n1.server.connection(session.id) is None
+            # The node that holds the session needs no Redis to resume it.
+            session.drop()
+            with trio.fail_after(LIMIT):
+                first = await session.resume(n0.address)
+            assert first.event == "trioroom.resumed", first
+            conn = n0.server.connection(session.id)
+            assert conn is not None and conn.rooms == {"root", "lobby"}
+        finally:
+            os.kill(own.process.pid, signal.SIGCONT)
+    finally:
+        own.stop()
 
 
 # -- real processes ---------------------------------------------------------------------

@@ -78,8 +78,9 @@ class SessionLost:
             ``buffer_overflow``, ``unknown_token`` (no node of the cluster
             knows it: for example the servers restarted), ``node_lost`` (the
             node that held the session died, and its frames with it),
-            ``identity_mismatch``, ``closed``, ``server_shutdown``,
-            ``bad_request``.
+            ``unavailable`` (the server reached could not ask the others:
+            its Redis was away), ``identity_mismatch``, ``closed``,
+            ``server_shutdown``, ``bad_request``.
         old_id: The connection ID of the lost session.
         new_id: The new connection ID (now :attr:`Room.id`).
         rooms: The rooms the client is joining again (besides ``root``).

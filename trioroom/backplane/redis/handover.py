@@ -182,8 +182,10 @@ class Handovers:
     ) -> MovedSession | HandoverFailed:
         """Take session ``token`` over from the node holding it (see the module docstring)."""
         if not self.up():
+            # Redis is away: the node holding the session (if any) cannot be
+            # asked, which is not the same as no node knowing the token.
             await trio.lowlevel.checkpoint()
-            return HandoverFailed("unknown_token")
+            return HandoverFailed("unavailable")
         adoption = Adoption(secrets.token_hex(8).encode())
         self.adoptions[adoption.request] = adoption
         try:
@@ -275,7 +277,7 @@ class Handovers:
             await op.event.wait()
             heard = op.result
             if op.failed or not isinstance(heard, int):
-                return HandoverFailed("unknown_token")
+                return HandoverFailed("unavailable")
             if heard == -1:
                 return HandoverFailed("unknown_token")
             if heard == -2:
