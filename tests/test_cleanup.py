@@ -5,8 +5,10 @@ from __future__ import annotations
 import random
 
 import trio
+from websockets.datastructures import Headers
 
 from trioroom import Connection, Message, Server
+from trioroom.handshake import Request
 
 from .wire import RawClient, StartServer, wait_until
 
@@ -110,3 +112,63 @@ async def test_kick_and_shutdown_close_with_codes(start_server: StartServer) -> 
         assert await b.wait_closed() == (1001, "server shutting down")
     await wait_until(lambda: not server.connections)
     assert server.hub.room_names() == []
+
+
+class PeerClosesAt:
+    """A transport whose peer closes at a given time and which takes every write."""
+
+    peer_close = (1000, "")
+    flooded = False
+    direct = False
+    protocol_error = None
+    unsent = 0
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.closed = False
+
+    def attach(self, wake_writer: object) -> None:
+        pass
+
+    async def receive(self) -> bytes | None:
+        await trio.sleep_until(self.at)
+        return None
+
+    def next_buffered(self) -> bytes | None:
+        return None
+
+    def send_now(self, data: bytes) -> bool:
+        raise AssertionError("not a direct transport")
+
+    async def write(self, frames: list[bytes]) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def ping(self) -> None:
+        await trio.sleep_forever()
+
+    async def close(self, code: int, reason: str, pending: list[bytes]) -> None:
+        await trio.lowlevel.checkpoint()
+        self.closed = True
+
+    async def abort(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self.closed = True
+
+
+async def test_a_peer_closing_as_the_heartbeat_wakes_ends_the_connection_cleanly(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # The peer's close and the heartbeat's tick fall due at the same instant,
+    # so the heartbeat is cancelled by its deadline just before the reader
+    # sees the close (in half the runs: trio runs a batch in either order).
+    # The reader must not wake the heartbeat a second time.
+    server = Server(ping_interval=None, write_timeout=2.0)  # a tick every second
+    for _ in range(20):
+        start = trio.current_time()
+        transport = PeerClosesAt(start + 1.0)
+        request = Request("/ws", Headers([("Host", "localhost")]), "127.0.0.1")
+        with trio.fail_after(10):
+            await server.handle_transport(transport, request, None)
+        assert transport.closed
+        assert trio.current_time() == start + 1.0
+    assert server.metrics.connections_opened == server.metrics.connections_closed == 20

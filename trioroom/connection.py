@@ -46,10 +46,6 @@ _WRITER = "trioroom.Connection._writer"
 _HEARTBEAT = "trioroom.Connection._heartbeat"
 
 
-def _abort_sleep(_: Any) -> trio.lowlevel.Abort:
-    return trio.lowlevel.Abort.SUCCEEDED
-
-
 class Connection(Outbound):
     """A client of the server, as handlers see it.
 
@@ -328,6 +324,12 @@ class Connection(Outbound):
                 self.close_reason = reason
                 self.disconnect_reason = "peer"
 
+    def _abort_sleep(self, _: Any) -> trio.lowlevel.Abort:
+        # Cancelled (the tick's deadline, or the nursery): trio reschedules the
+        # heartbeat itself, so _stop_quietly() must not, even before it runs.
+        self._sleeper = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
     def _stop_quietly(self) -> bool:
         """Let the writer and the heartbeat return, if both are idle; else ``False``.
 
@@ -417,7 +419,7 @@ class Connection(Outbound):
                 with trio.move_on_after(tick):
                     self._sleeper = trio.lowlevel.current_task()
                     try:
-                        await trio.lowlevel.wait_task_rescheduled(_abort_sleep)
+                        await trio.lowlevel.wait_task_rescheduled(self._abort_sleep)
                     finally:
                         self._sleeper = None
                     # Woken, not timed out: _stop_quietly() ended the connection.
