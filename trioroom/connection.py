@@ -523,17 +523,6 @@ class Connection(Outbound):
         self._resumed = True
         self._session_changed.set()
 
-    def put_first(self, frames: list[bytes]) -> bool:
-        """Queue ``frames`` ahead of everything queued so far.
-
-        ``False`` when the queue overflowed (the slow-consumer policy applied).
-        """
-        queued = self.take_pending()
-        for frame in [*frames, *queued]:
-            if not self._enqueue(frame):
-                return False
-        return True
-
     async def close_transport(self, transport: Transport, *, keep_queue: bool = False) -> None:
         """Send the close frame (after queued frames when graceful), bounded in time.
 

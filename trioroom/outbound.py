@@ -394,6 +394,17 @@ class Outbound:
             if frame:
                 self.replay.record(frame)
 
+    def put_first(self, frames: list[bytes]) -> bool:
+        """Queue ``frames`` ahead of everything queued so far.
+
+        ``False`` when the queue overflowed (the slow-consumer policy applied).
+        """
+        queued = self.take_pending()
+        for frame in [*frames, *queued]:
+            if not self._enqueue(frame):
+                return False
+        return True
+
     def take_pending(self) -> list[bytes]:
         """Take what is still queued; used for a graceful close."""
         frames, self._inflight = self._inflight, []
