@@ -7,8 +7,17 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from websockets.frames import Frame, Opcode
 
-from trioroom.protocol import FrameError, Message, encode, member_list_payload
+from trioroom import wsframe
+from trioroom.protocol import (
+    FrameError,
+    Message,
+    _decode_fields_checked,
+    decode_fields,
+    encode,
+    member_list_payload,
+)
 
 A = "11111111-1111-4111-8111-111111111111"
 B = "22222222-2222-4222-8222-222222222222"
@@ -125,3 +134,40 @@ def test_truncated_frames_raise_frame_error(
         Message.decode(encoded[:cut])
     with pytest.raises(FrameError):
         Message.decode(encoded + b"\x00")
+
+
+def _decoded_or_error(decode: object, data: bytes) -> object:
+    try:
+        return decode(data)  # type: ignore[operator]
+    except FrameError as exc:
+        return ("error", str(exc), exc.offset)
+
+
+@given(st.binary(max_size=120), st.data())
+def test_the_unrolled_decoder_agrees_with_the_checked_one(data: bytes, draw: st.DataObject) -> None:
+    # Frames made of small lengths, so that many of them are valid and the
+    # rest fail at every possible place (cut off, too long, trailing bytes).
+    lengths = draw.draw(st.lists(st.integers(0, 12), min_size=0, max_size=5))
+    crafted = b"".join(struct.pack(">I", n) + data[:n] for n in lengths) + data[:3]
+    for candidate in (data, crafted, crafted[:-3], bytearray(crafted[:-3])):
+        expected = _decoded_or_error(_decode_fields_checked, bytes(candidate))
+        assert _decoded_or_error(decode_fields, candidate) == expected
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_frames_are_what_websockets_serialises_first_time_and_after(size: int) -> None:
+    message = bytes(range(256)) * (size // 256) + b"m" * (size % 256)
+    expected = Frame(Opcode.BINARY, message).serialize(mask=False)
+    assert wsframe.binary_frame(message) == expected
+    assert wsframe.binary_frame(message) == expected  # from the header cache
+    assert wsframe.frame_payload(expected) == message
+
+
+def test_the_header_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wsframe, "_HEADERS", {})
+    for size in range(wsframe._MAX_HEADERS + 50):
+        message = b"y" * size
+        assert wsframe.binary_frame(message) == Frame(Opcode.BINARY, message).serialize(mask=False)
+    assert len(wsframe._HEADERS) == wsframe._MAX_HEADERS
+    past = b"z" * (wsframe._MAX_HEADERS + 10)
+    assert wsframe.binary_frame(past) == Frame(Opcode.BINARY, past).serialize(mask=False)

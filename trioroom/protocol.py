@@ -151,6 +151,34 @@ def decode_fields(data: bytes | bytearray | memoryview) -> tuple[str, str, str, 
     # Slicing bytes is cheaper than slicing a memoryview for the short
     # fields of a frame; other buffers are copied once.
     buf = data if isinstance(data, bytes) else bytes(data)
+    # The common case first, unrolled: every length is read (unpack_from
+    # raises past the end) and the last field must end exactly at the end,
+    # so no slice is taken of a frame that is cut off or claims too much.
+    # Anything wrong goes to the loop below, which says what.
+    try:
+        (n,) = _unpack_len_from(buf, 0)
+        room_end = 4 + n
+        (n,) = _unpack_len_from(buf, room_end)
+        event_end = room_end + 4 + n
+        (n,) = _unpack_len_from(buf, event_end)
+        dst_end = event_end + 4 + n
+        (n,) = _unpack_len_from(buf, dst_end)
+        src_end = dst_end + 4 + n
+        (n,) = _unpack_len_from(buf, src_end)
+        if src_end + 4 + n == len(buf):
+            return (
+                buf[4:room_end].decode(),
+                buf[room_end + 4 : event_end].decode(),
+                buf[event_end + 4 : dst_end].decode(),
+                buf[dst_end + 4 : src_end].decode(),
+                buf[src_end + 4 :],
+            )
+    except (struct.error, UnicodeDecodeError):
+        pass
+    return _decode_fields_checked(buf)
+
+
+def _decode_fields_checked(buf: bytes) -> tuple[str, str, str, str, bytes]:
     size = len(buf)
     if size < MIN_FRAME_SIZE:
         raise FrameError(f"frame of {size} bytes is shorter than {MIN_FRAME_SIZE}", size)

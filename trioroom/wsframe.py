@@ -12,9 +12,23 @@ from websockets.frames import Frame, Opcode
 __all__ = ["binary_frame", "frame_payload"]
 
 
+#: Frame headers by payload length, as websockets serialised them. A header
+#: depends on nothing else (final, binary, unmasked, no extension), and a
+#: frame is built once per message: serialize() costs as much as the rest
+#: of a direct message's rules. Bounded: lengths past it are serialised anew.
+_HEADERS: dict[int, bytes] = {}
+_MAX_HEADERS = 4096
+
+
 def binary_frame(message: bytes) -> bytes:
     """Serialise ``message`` as one unmasked, final WebSocket binary frame."""
-    return Frame(Opcode.BINARY, message).serialize(mask=False)
+    header = _HEADERS.get(len(message))
+    if header is not None:
+        return header + message
+    frame = Frame(Opcode.BINARY, message).serialize(mask=False)
+    if len(_HEADERS) < _MAX_HEADERS:
+        _HEADERS[len(message)] = frame[: len(frame) - len(message)]
+    return frame
 
 
 def frame_payload(frame: bytes) -> bytes:
