@@ -152,7 +152,9 @@ class Dispatcher:
                 effect.sender.debug(
                     "direct message to unknown %s dropped", effect.dst, extra={"room": effect.room}
                 )
-        if effect.sender is not None:
+        # Delivered and no request to answer: nothing to say to the sender
+        # (the common case, decided here without building an empty list).
+        if effect.sender is not None and (effect.ref is not None or not delivered):
             self.perform(self.hub.direct_done(effect, delivered))
         return delivered
 

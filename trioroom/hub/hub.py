@@ -32,6 +32,7 @@ from ..log import BoundedLog
 from ..metrics import Metrics
 from ..protocol import (
     CONTROL_CHARACTERS,
+    MIN_FRAME_SIZE,
     RESERVED_EVENTS,
     Message,
     decode_fields,
@@ -189,11 +190,11 @@ class Hub(Generic[M]):
             return self._bad_frame(member, str(exc))
         ref = request_ref(src) if member.extended else None
         limit = self.settings.max_field_length
-        # A string of at most limit/4 characters fits in limit bytes of UTF-8.
-        quarter = limit // 4
-        if len(room) > quarter or len(event) > quarter or len(dst) > quarter or len(src) > quarter:
+        # The four names take what the frame has besides its payload and the
+        # five lengths: when that fits in the limit, each of them does.
+        if len(data) - len(payload) - MIN_FRAME_SIZE > limit:
             for name, value in (("room", room), ("event", event), ("dst", dst), ("src", src)):
-                if len(value) > quarter and len(value.encode()) > limit:
+                if len(value.encode()) > limit:
                     error = FrameError(f"field {name!r} is longer than {limit} bytes", 0)
                     return self._bad_frame(member, str(error), ref=ref)
         # isprintable() is False for every control character (and for a few
@@ -204,19 +205,21 @@ class Hub(Generic[M]):
             if event == "join":
                 return self.refuse_join(member, room, "room name has control characters", ref)
             return self._bad_frame(member, "room or event name has control characters", ref=ref)
-        if event == "join":
-            return [Join(room, ref)]
-        if event == "leave":
-            return [Leave(room, ref)]
-        if event == ACK:
-            # Consumed even without a session: it is never broadcast.
-            if member.replay is not None:
-                try:
-                    member.replay.acknowledge(int(payload))
-                except ValueError:
-                    return self._bad_frame(member, "acknowledgement is not a number")
-            return []
+        # One test for all the names with a meaning (join and leave are
+        # reserved, the acknowledgement is the extension's), not one per name.
         if event in RESERVED_EVENTS or event.startswith(EXTENSION_PREFIX):
+            if event == "join":
+                return [Join(room, ref)]
+            if event == "leave":
+                return [Leave(room, ref)]
+            if event == ACK:
+                # Consumed even without a session: it is never broadcast.
+                if member.replay is not None:
+                    try:
+                        member.replay.acknowledge(int(payload))
+                    except ValueError:
+                        return self._bad_frame(member, "acknowledgement is not a number")
+                return []
             # trioroom.* names are the extension's: a client forging one could
             # confuse other clients' frame counting.
             return self._bad_frame(
