@@ -152,15 +152,15 @@ async def start_cluster(
     ) -> list[Node]:
         nodes = []
         for i in range(n):
-            backplane = RedisBackplane(
-                url or redis_server.url,
-                prefix=prefix,
-                node_ttl=NODE_TTL * 2,
-                op_timeout=2.0,
-                reconnect_max=0.5,
-                reconcile_interval=reconcile_interval,
+            options: dict[str, Any] = {
+                "prefix": prefix,
+                "node_ttl": NODE_TTL * 2,
+                "op_timeout": 2.0,
+                "reconnect_max": 0.5,
+                "reconcile_interval": reconcile_interval,
                 **(backplane_options or {}),
-            )
+            }
+            backplane = RedisBackplane(url or redis_server.url, **options)
             if servers is not None:
                 server = servers[i]
                 server.backplane = backplane

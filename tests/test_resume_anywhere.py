@@ -275,6 +275,101 @@ async def test_while_redis_is_stalled_a_resume_elsewhere_is_refused_in_time_and_
         own.stop()
 
 
+async def test_when_redis_stalls_mid_move_the_client_is_told_and_the_session_ends_once(
+    start_cluster: StartCluster,
+) -> None:
+    # The old node has offered the session (it is suspended and promised to
+    # the new node) when Redis stops: the new node cannot subscribe to the
+    # session's rooms, so the move cannot happen. The client must be told in
+    # time, and once Redis is back the session must end on the old node,
+    # once, with its members told, and leave nothing behind in Redis.
+    own = test_redis.RedisProcess()
+    own.start()
+    try:
+        n0, n1 = await start_cluster(
+            2,
+            url=own.url,
+            root_notices=False,
+            close_timeout=1.0,
+            backplane_options={"op_timeout": 0.5},
+        )
+        session = await Session.open(n0.address)
+        await session.join("lobby")
+        near, far = await n0.connect(), await n1.connect()
+        for watcher in (near, far):
+            await watcher.join("lobby")
+        await settle(near, far)
+        assert own.process is not None
+        pid = own.process.pid
+        mover = n0.server.handover
+        original = mover.prepare_handover
+        offered = trio.Event()
+
+        async def offer_then_stall(token: str, digest: str, last: int) -> Any:
+            offer = await original(token, digest, last)
+            if not isinstance(offer, str):
+                os.kill(pid, signal.SIGSTOP)
+                offered.set()
+            return offer
+
+        mover.prepare_handover = offer_then_stall  # type: ignore[method-assign]
+        session.drop()
+
+        async def suspended() -> bool:
+            await trio.lowlevel.checkpoint()
+            conn = n0.server.connection(session.id)
+            return conn is not None and conn.suspended
+
+        await eventually(suspended)
+        try:
+            with trio.fail_after(LIMIT):
+                first = await session.resume(n1.address)
+            assert offered.is_set(), "Redis stopped after the offer, not before"
+            assert first.event == "trioroom.not_resumed", first
+            assert json.loads(first.payload) == {"reason": "node_lost"}
+            fresh = await session.raw.recv()
+            assert fresh.event == "trioroom.session"
+            fresh_id = json.loads(fresh.payload)["id"]
+            assert fresh_id != session.id
+            assert n1.server.connection(session.id) is None
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Redis is back: the old node ends the session it had offered.
+        with trio.fail_after(LIMIT):
+            for watcher in (near, far):
+                left = await watcher.recv_until("member_left", "lobby")
+                assert left.payload.decode() == session.id
+
+        async def forgotten() -> bool:
+            await trio.lowlevel.checkpoint()
+            return n0.server.connection(session.id) is None
+
+        await eventually(forgotten)
+        import coredis
+
+        async with coredis.Redis.from_url(own.url, decode_responses=True) as redis:
+
+            async def gone_from_redis() -> bool:
+                members = await redis.hgetall(f"{n0.backplane.prefix}:members:lobby")
+                conns = await redis.hget(f"{n0.backplane.prefix}:conns", session.id)
+                owner = await redis.get(
+                    f"{n0.backplane.prefix}:session:{token_hash(session.token).decode()}"
+                )
+                return session.id not in members and conns is None and owner is None
+
+            await eventually(gone_from_redis)
+        # Told once: nothing else about it follows, and the fresh session works.
+        await session.raw.send(Message("lobby", "join"))
+        for watcher in (near, far):
+            joined = await watcher.recv_until("new_member", "lobby")
+            assert joined.payload.decode() == fresh_id
+        assert [m.event for m in await settle(near, far)] == []
+        await near.expect_nothing()
+        assert n0.server.metrics.disconnects["handover_failed"] == 1
+    finally:
+        own.stop()
+
+
 # -- real processes ---------------------------------------------------------------------
 
 #: The same as ROOMY, as flags of ``trioroom serve``.
