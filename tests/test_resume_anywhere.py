@@ -370,6 +370,61 @@ async def test_when_redis_stalls_mid_move_the_client_is_told_and_the_session_end
         own.stop()
 
 
+async def test_a_session_kicked_while_it_moves_ends_once_and_its_client_is_told(
+    start_cluster: StartCluster,
+) -> None:
+    # The application kicks the session after its node offered it to another
+    # node, before the cut: the kick must win over the move. The client is
+    # told "kicked" on the new node, the members see the session leave once,
+    # and the kick returns once the session is gone.
+    n0, n1 = await start_cluster(2, root_notices=False)
+    session = await Session.open(n0.address)
+    await session.join("lobby")
+    near, far = await n0.connect(), await n1.connect()
+    for watcher in (near, far):
+        await watcher.join("lobby")
+    await settle(near, far)
+    mover = n0.server.handover
+    original = mover.prepare_handover
+    kicked: list[bool] = []
+
+    async def offer_then_kick(token: str, digest: str, last: int) -> Any:
+        offer = await original(token, digest, last)
+        if not isinstance(offer, str):
+            nursery.start_soon(kick)
+        return offer
+
+    async def kick() -> None:
+        kicked.append(await n0.server.kick(session.id))
+
+    async with trio.open_nursery() as nursery:
+        mover.prepare_handover = offer_then_kick  # type: ignore[method-assign]
+        session.drop()
+
+        async def suspended() -> bool:
+            await trio.lowlevel.checkpoint()
+            conn = n0.server.connection(session.id)
+            return conn is not None and conn.suspended
+
+        await eventually(suspended)
+        with trio.fail_after(LIMIT):
+            first = await session.resume(n1.address)
+        assert first.event == "trioroom.not_resumed", first
+        assert json.loads(first.payload) == {"reason": "kicked"}
+        fresh = await session.raw.recv()
+        assert fresh.event == "trioroom.session"
+    assert kicked == [True]
+    with trio.fail_after(LIMIT):
+        for watcher in (near, far):
+            left = await watcher.recv_until("member_left", "lobby")
+            assert left.payload.decode() == session.id
+    assert n0.server.connection(session.id) is None
+    assert n1.server.connection(session.id) is None
+    # Once: nothing more about it reaches either watcher.
+    assert [m.event for m in await settle(near, far)] == []
+    await near.expect_nothing()
+
+
 # -- real processes ---------------------------------------------------------------------
 
 #: The same as ROOMY, as flags of ``trioroom serve``.
