@@ -370,14 +370,15 @@ async def test_when_redis_stalls_mid_move_the_client_is_told_and_the_session_end
         own.stop()
 
 
-async def test_a_session_kicked_while_it_moves_ends_once_and_its_client_is_told(
-    start_cluster: StartCluster,
+@pytest.mark.parametrize(("how", "reason"), [("kick", "kicked"), ("overflow", "buffer_overflow")])
+async def test_a_session_ended_while_it_moves_ends_once_and_its_client_is_told(
+    start_cluster: StartCluster, how: str, reason: str
 ) -> None:
-    # The application kicks the session after its node offered it to another
-    # node, before the cut: the kick must win over the move. The client is
-    # told "kicked" on the new node, the members see the session leave once,
-    # and the kick returns once the session is gone.
-    n0, n1 = await start_cluster(2, root_notices=False)
+    # The session ends on its node (the application kicks it, or its queue
+    # overflows) after the node offered it to another node, before the cut:
+    # the end must win over the move. The client is told why on the new
+    # node, and the members see the session leave once.
+    n0, n1 = await start_cluster(2, root_notices=False, queue_frames=4)
     session = await Session.open(n0.address)
     await session.join("lobby")
     near, far = await n0.connect(), await n1.connect()
@@ -386,19 +387,23 @@ async def test_a_session_kicked_while_it_moves_ends_once_and_its_client_is_told(
     await settle(near, far)
     mover = n0.server.handover
     original = mover.prepare_handover
-    kicked: list[bool] = []
+    outcome: list[bool] = []
 
-    async def offer_then_kick(token: str, digest: str, last: int) -> Any:
+    async def offer_then_end(token: str, digest: str, last: int) -> Any:
         offer = await original(token, digest, last)
         if not isinstance(offer, str):
-            nursery.start_soon(kick)
+            nursery.start_soon(end)
         return offer
 
-    async def kick() -> None:
-        kicked.append(await n0.server.kick(session.id))
+    async def end() -> None:
+        if how == "kick":
+            outcome.append(await n0.server.kick(session.id))
+        else:
+            # More than its queue holds, while nobody reads it.
+            outcome.extend([await n0.server.send_to(session.id, "x", str(i)) for i in range(8)])
 
     async with trio.open_nursery() as nursery:
-        mover.prepare_handover = offer_then_kick  # type: ignore[method-assign]
+        mover.prepare_handover = offer_then_end  # type: ignore[method-assign]
         session.drop()
 
         async def suspended() -> bool:
@@ -410,10 +415,14 @@ async def test_a_session_kicked_while_it_moves_ends_once_and_its_client_is_told(
         with trio.fail_after(LIMIT):
             first = await session.resume(n1.address)
         assert first.event == "trioroom.not_resumed", first
-        assert json.loads(first.payload) == {"reason": "kicked"}
+        assert json.loads(first.payload) == {"reason": reason}
         fresh = await session.raw.recv()
         assert fresh.event == "trioroom.session"
-    assert kicked == [True]
+    if how == "kick":
+        assert outcome == [True]
+    else:
+        assert outcome[:4] == [True] * 4 and False in outcome
+        assert n0.server.metrics.frames_dropped["session_overflow"] == 1
     with trio.fail_after(LIMIT):
         for watcher in (near, far):
             left = await watcher.recv_until("member_left", "lobby")
