@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from trioroom.extension import UNNUMBERED
 from . import test_redis
 from .test_redis import (
     LIMIT,
+    Node,
     StartCluster,
     eventually,
     settle,
@@ -128,6 +130,67 @@ async def read_into(session: Session, tally: Tally, until: trio.Event | None = N
             tally.take(session.id, await session.recv())
     except (ConnectionError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
+
+
+async def drop_until_suspended(session: Session, node: Node) -> None:
+    """Drop the session's socket and wait until ``node`` has suspended the session."""
+    session.drop()
+
+    async def suspended() -> bool:
+        await trio.lowlevel.checkpoint()
+        conn = node.server.connection(session.id)
+        return conn is not None and conn.suspended
+
+    await eventually(suspended)
+
+
+async def in_lobby_with_watchers(n0: Node, n1: Node) -> tuple[Session, RawClient, RawClient]:
+    """A session on ``n0`` in ``lobby``, and a watcher in ``lobby`` on each node."""
+    session = await Session.open(n0.address)
+    await session.join("lobby")
+    near, far = await n0.connect(), await n1.connect()
+    for watcher in (near, far):
+        await watcher.join("lobby")
+    await settle(near, far)
+    return session, near, far
+
+
+def after_each_offer(node: Node, then: Callable[[], None]) -> None:
+    """Call ``then`` each time ``node`` has offered a session to another node (before the cut)."""
+    mover = node.server.handover
+    original = mover.prepare_handover
+
+    async def offer_then(token: str, digest: str, last: int) -> Any:
+        offer = await original(token, digest, last)
+        if not isinstance(offer, str):
+            then()
+        return offer
+
+    mover.prepare_handover = offer_then  # type: ignore[method-assign]
+
+
+async def told_not_resumed(session: Session, node: Node, reason: str) -> str:
+    """Resume at ``node``: refused for ``reason``, with a fresh session; its ID."""
+    with trio.fail_after(LIMIT):
+        first = await session.resume(node.address)
+    assert first.event == "trioroom.not_resumed", first
+    assert json.loads(first.payload) == {"reason": reason}
+    fresh = await session.raw.recv()
+    assert fresh.event == "trioroom.session"
+    fresh_id: str = json.loads(fresh.payload)["id"]
+    assert fresh_id != session.id
+    assert node.server.connection(session.id) is None
+    return fresh_id
+
+
+async def seen_leaving_once(session: Session, near: RawClient, far: RawClient) -> None:
+    """Both watchers see ``session`` leave ``lobby``, and nothing more of it."""
+    with trio.fail_after(LIMIT):
+        for watcher in (near, far):
+            left = await watcher.recv_until("member_left", "lobby")
+            assert left.payload.decode() == session.id
+    assert [m.event for m in await settle(near, far)] == []
+    await near.expect_nothing()
 
 
 # -- in-process nodes ---------------------------------------------------------------------
@@ -240,14 +303,7 @@ async def test_while_redis_is_stalled_a_resume_elsewhere_is_refused_in_time_and_
         n0, n1 = await start_cluster(2, url=own.url, root_notices=False)
         session = await Session.open(n0.address)
         await session.join("lobby")
-        session.drop()
-
-        async def suspended() -> bool:
-            await trio.lowlevel.checkpoint()
-            conn = n0.server.connection(session.id)
-            return conn is not None and conn.suspended
-
-        await eventually(suspended)
+        await drop_until_suspended(session, n0)
         assert own.process is not None
         os.kill(own.process.pid, signal.SIGSTOP)
         try:
@@ -293,58 +349,26 @@ async def test_when_redis_stalls_mid_move_the_client_is_told_and_the_session_end
             close_timeout=1.0,
             backplane_options={"op_timeout": 0.5},
         )
-        session = await Session.open(n0.address)
-        await session.join("lobby")
-        near, far = await n0.connect(), await n1.connect()
-        for watcher in (near, far):
-            await watcher.join("lobby")
-        await settle(near, far)
+        session, near, far = await in_lobby_with_watchers(n0, n1)
         assert own.process is not None
         pid = own.process.pid
-        mover = n0.server.handover
-        original = mover.prepare_handover
         offered = trio.Event()
 
-        async def offer_then_stall(token: str, digest: str, last: int) -> Any:
-            offer = await original(token, digest, last)
-            if not isinstance(offer, str):
-                os.kill(pid, signal.SIGSTOP)
-                offered.set()
-            return offer
+        def stall() -> None:
+            os.kill(pid, signal.SIGSTOP)
+            offered.set()
 
-        mover.prepare_handover = offer_then_stall  # type: ignore[method-assign]
-        session.drop()
-
-        async def suspended() -> bool:
-            await trio.lowlevel.checkpoint()
-            conn = n0.server.connection(session.id)
-            return conn is not None and conn.suspended
-
-        await eventually(suspended)
+        after_each_offer(n0, stall)
+        await drop_until_suspended(session, n0)
         try:
-            with trio.fail_after(LIMIT):
-                first = await session.resume(n1.address)
+            fresh_id = await told_not_resumed(session, n1, "node_lost")
             assert offered.is_set(), "Redis stopped after the offer, not before"
-            assert first.event == "trioroom.not_resumed", first
-            assert json.loads(first.payload) == {"reason": "node_lost"}
-            fresh = await session.raw.recv()
-            assert fresh.event == "trioroom.session"
-            fresh_id = json.loads(fresh.payload)["id"]
-            assert fresh_id != session.id
-            assert n1.server.connection(session.id) is None
         finally:
             os.kill(pid, signal.SIGCONT)
         # Redis is back: the old node ends the session it had offered.
-        with trio.fail_after(LIMIT):
-            for watcher in (near, far):
-                left = await watcher.recv_until("member_left", "lobby")
-                assert left.payload.decode() == session.id
-
-        async def forgotten() -> bool:
-            await trio.lowlevel.checkpoint()
-            return n0.server.connection(session.id) is None
-
-        await eventually(forgotten)
+        await seen_leaving_once(session, near, far)
+        assert n0.server.connection(session.id) is None
+        assert n0.server.metrics.disconnects["handover_failed"] == 1
         import coredis
 
         async with coredis.Redis.from_url(own.url, decode_responses=True) as redis:
@@ -358,14 +382,11 @@ async def test_when_redis_stalls_mid_move_the_client_is_told_and_the_session_end
                 return session.id not in members and conns is None and owner is None
 
             await eventually(gone_from_redis)
-        # Told once: nothing else about it follows, and the fresh session works.
+        # The fresh session works.
         await session.raw.send(Message("lobby", "join"))
         for watcher in (near, far):
             joined = await watcher.recv_until("new_member", "lobby")
             assert joined.payload.decode() == fresh_id
-        assert [m.event for m in await settle(near, far)] == []
-        await near.expect_nothing()
-        assert n0.server.metrics.disconnects["handover_failed"] == 1
     finally:
         own.stop()
 
@@ -379,21 +400,8 @@ async def test_a_session_ended_while_it_moves_ends_once_and_its_client_is_told(
     # the end must win over the move. The client is told why on the new
     # node, and the members see the session leave once.
     n0, n1 = await start_cluster(2, root_notices=False, queue_frames=4)
-    session = await Session.open(n0.address)
-    await session.join("lobby")
-    near, far = await n0.connect(), await n1.connect()
-    for watcher in (near, far):
-        await watcher.join("lobby")
-    await settle(near, far)
-    mover = n0.server.handover
-    original = mover.prepare_handover
+    session, near, far = await in_lobby_with_watchers(n0, n1)
     outcome: list[bool] = []
-
-    async def offer_then_end(token: str, digest: str, last: int) -> Any:
-        offer = await original(token, digest, last)
-        if not isinstance(offer, str):
-            nursery.start_soon(end)
-        return offer
 
     async def end() -> None:
         if how == "kick":
@@ -403,35 +411,16 @@ async def test_a_session_ended_while_it_moves_ends_once_and_its_client_is_told(
             outcome.extend([await n0.server.send_to(session.id, "x", str(i)) for i in range(8)])
 
     async with trio.open_nursery() as nursery:
-        mover.prepare_handover = offer_then_end  # type: ignore[method-assign]
-        session.drop()
-
-        async def suspended() -> bool:
-            await trio.lowlevel.checkpoint()
-            conn = n0.server.connection(session.id)
-            return conn is not None and conn.suspended
-
-        await eventually(suspended)
-        with trio.fail_after(LIMIT):
-            first = await session.resume(n1.address)
-        assert first.event == "trioroom.not_resumed", first
-        assert json.loads(first.payload) == {"reason": reason}
-        fresh = await session.raw.recv()
-        assert fresh.event == "trioroom.session"
+        after_each_offer(n0, lambda: nursery.start_soon(end))
+        await drop_until_suspended(session, n0)
+        await told_not_resumed(session, n1, reason)
     if how == "kick":
         assert outcome == [True]
     else:
         assert outcome[:4] == [True] * 4 and False in outcome
         assert n0.server.metrics.frames_dropped["session_overflow"] == 1
-    with trio.fail_after(LIMIT):
-        for watcher in (near, far):
-            left = await watcher.recv_until("member_left", "lobby")
-            assert left.payload.decode() == session.id
+    await seen_leaving_once(session, near, far)
     assert n0.server.connection(session.id) is None
-    assert n1.server.connection(session.id) is None
-    # Once: nothing more about it reaches either watcher.
-    assert [m.event for m in await settle(near, far)] == []
-    await near.expect_nothing()
 
 
 # -- real processes ---------------------------------------------------------------------
