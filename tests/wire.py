@@ -50,6 +50,8 @@ class RawClient:
         self.id = ""
         self.close_code: int | None = None
         self.close_reason = ""
+        #: Set by :meth:`reset`: what this socket had read is lost with it.
+        self.was_reset = False
 
     @classmethod
     async def connect(
@@ -117,6 +119,11 @@ class RawClient:
         """The next data or close frame (pings are answered by the protocol)."""
         with trio.fail_after(WAIT):
             while True:
+                if self.was_reset:
+                    # A reader that was between reading bytes and returning
+                    # them when the socket was dropped: a client whose link
+                    # broke never sees them (a resume asks for them again).
+                    raise ConnectionError("connection reset by this client")
                 while self.frames:
                     frame = self.frames.popleft()
                     if frame.opcode in (Opcode.BINARY, Opcode.TEXT, Opcode.CLOSE):
@@ -222,7 +229,12 @@ class RawClient:
         await self.stream.aclose()
 
     def reset(self) -> None:
-        """Drop the TCP connection with a RST, no close frame."""
+        """Drop the TCP connection with a RST, no close frame.
+
+        Frames read but not yet returned are lost with it.
+        """
+        self.was_reset = True
+        self.frames.clear()
         sock: Any = self.stream.socket  # type: ignore[attr-defined]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
