@@ -13,6 +13,7 @@ from trioroom.backplane.redis.membership import Commands, LocalMembership
 from trioroom.backplane.redis.outbox import Outbox, tell_sender
 from trioroom.backplane.redis.wire import (
     SYSTEM_ORIGIN,
+    Sequences,
     decode_direct,
     decode_room,
     encode_direct,
@@ -27,20 +28,35 @@ ORIGIN = uuid.UUID("00112233-4455-6677-8899-aabbccddeeff").bytes
 # -- envelopes: what nodes of different versions must agree on ------------------
 
 
-def test_room_envelope_is_origin_length_exclude_message() -> None:
+def test_room_envelope_is_origin_sequence_length_exclude_message() -> None:
     message = encode("lobby", "chat", "", "a", b"hi")
-    data = encode_room(ORIGIN, "a", message)
-    # docs/scaling.md: 16 bytes of origin, a 2-byte length, the excluded ID.
-    assert data == ORIGIN + b"\x00\x01" + b"a" + message
+    data = encode_room(ORIGIN, 258, "a", message)
+    # docs/scaling.md: 16 bytes of origin, an 8-byte sequence number, a
+    # 2-byte length, the excluded ID.
+    assert data == ORIGIN + bytes(6) + b"\x01\x02" + b"\x00\x01" + b"a" + message
     assert decode_room(data) == ("a", message)
-    assert decode_room(encode_room(ORIGIN, "", message)) == ("", message)
+    assert decode_room(encode_room(ORIGIN, 1, "", message)) == ("", message)
 
 
-def test_direct_envelope_is_length_target_message() -> None:
+def test_direct_envelope_is_length_target_origin_sequence_message() -> None:
     message = encode("lobby", "dm", "b-id", "a", b"hi")
-    data = encode_direct("b-id", message)
-    assert data == b"\x00\x04b-id" + message
-    assert decode_direct(data) == ("b-id", message)
+    data = encode_direct("b-id", ORIGIN, 7, message)
+    assert data == b"\x00\x04b-id" + ORIGIN + bytes(7) + b"\x07" + message
+    assert decode_direct(data) == ("b-id", ORIGIN, 7, message)
+
+
+def test_a_message_seen_before_from_its_origin_is_a_copy() -> None:
+    other = bytes(range(16))
+    seen = Sequences()
+    assert [seen.is_copy(ORIGIN, n) for n in (1, 2, 3)] == [False] * 3
+    # The batch 2..4 sent again: 2 and 3 were delivered, 4 was not.
+    assert [seen.is_copy(ORIGIN, n) for n in (2, 3, 4)] == [True, True, False]
+    # Each origin counts on its own; 0 is unnumbered (never a copy).
+    assert seen.is_copy(other, 1) is False
+    assert [seen.is_copy(SYSTEM_ORIGIN, 0) for _ in range(2)] == [False, False]
+    # A node no longer registered is forgotten.
+    seen.keep_only({other})
+    assert seen.newest == {other: 1}
 
 
 def test_member_left_notice_reaches_every_node_and_excludes_nobody() -> None:
@@ -107,9 +123,9 @@ class RecordingNode:
 def test_the_sender_of_a_dropped_message_is_told() -> None:
     recorder = RecordingNode()
     node = cast(Node, recorder)
-    chat = encode_room(ORIGIN, "a", encode("lobby", "chat", "", "a", b"hi"))
+    chat = encode_room(ORIGIN, 1, "a", encode("lobby", "chat", "", "a", b"hi"))
     tell_sender(node, Op((b"PUBLISH", b"ch", chat), PUBLISH), "the outbox is full")
-    dm = encode_direct("b", encode("lobby", "dm", "b", "a", b"hi"))
+    dm = encode_direct("b", ORIGIN, 2, encode("lobby", "dm", "b", "a", b"hi"))
     tell_sender(node, Op((b"EVALSHA", dm), DIRECT_MESSAGE), "it waited")
     # A server-made message (no sender) tells nobody.
     notice = member_left_notice("lobby", "x")

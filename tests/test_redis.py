@@ -658,9 +658,9 @@ async def test_outbox_bound_drops_the_newest_and_tells_the_extended_sender(
 
 
 async def _outbox_bound_scenario(start_cluster: StartCluster, own: RedisProcess) -> None:
-    # Each held message: 16 + 2 + its exclude (a 36-byte ID) + a 126-byte frame.
+    # Each held message: 16 + 8 + 2 + its exclude (a 36-byte ID) + a 126-byte frame.
     n0, n1 = await start_cluster(
-        2, url=own.url, root_notices=False, backplane_options={"outbox_bytes": 10 * 180}
+        2, url=own.url, root_notices=False, backplane_options={"outbox_bytes": 10 * 188}
     )
     a = await RawClient.connect(
         n0.address, path="/ws", subprotocols=["trioroom.v1"], read_root_ack=False

@@ -69,6 +69,9 @@ class Metrics:
     heartbeat_failures: int = 0
     #: Cross-node operations that failed (Redis backplane).
     backplane_errors: int = 0
+    #: Cross-node messages received twice (a batch sent again after the
+    #: publisher's Redis connection broke) and delivered once.
+    backplane_duplicates: int = 0
     #: Plain HTTP responses (health, metrics, static files), by status.
     http_responses: Counter[int] = attrs.field(factory=Counter)
 
@@ -104,6 +107,7 @@ COUNTER_HELP = {
     "hook_timeouts": "Disconnect hooks cancelled at hook_timeout",
     "heartbeat_failures": "Pings not answered in time",
     "backplane_errors": "Failed cross-node operations",
+    "backplane_duplicates": "Cross-node messages received twice and delivered once",
 }
 
 #: Labelled counters: Metrics attribute -> (help text, label name).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -109,6 +110,8 @@ class RedisBackplane(Backplane):
         origin = uuid.UUID(self.node_id).bytes
         self._keys = keys = Keys(prefix)
         self._origin = origin
+        # Numbers messages in publisher queue order: see wire.Sequences.
+        self._sequence = itertools.count(1)
         self._commands = Commands(keys, node_id)
         # Local membership as last told to Redis.
         self._local = LocalMembership()
@@ -130,10 +133,10 @@ class RedisBackplane(Backplane):
             node_channel=keys.node_channel(node_id),
             origin=origin,
             origins=self._liveness.origins,
+            sequences=self._liveness.sequences,
             stats=self.stats,
             fail=self._fail,
         )
-
         self._handovers = Handovers(
             self._commands,
             self._publisher,
@@ -321,13 +324,13 @@ class RedisBackplane(Backplane):
     def publish_room(self, room: str, message: bytes, exclude: str) -> None:
         if not self._up or self._outbox.held:
             # Down, or back but the outbox has not gone out yet: it keeps the order.
-            data = encode_room(self._origin, exclude, message)
+            data = encode_room(self._origin, next(self._sequence), exclude, message)
             self._hold(Op((b"PUBLISH", self._keys.room_channel(room), data), PUBLISH))
             return
         if len(self._publisher.queue) >= self.max_queue:
             self._fail("room publish (queue full)")
             return
-        data = encode_room(self._origin, exclude, message)
+        data = encode_room(self._origin, next(self._sequence), exclude, message)
         self.stats.room_published += 1
         self._publisher.push(Op((b"PUBLISH", self._keys.room_channel(room), data), PUBLISH))
 
@@ -344,13 +347,13 @@ class RedisBackplane(Backplane):
             if self.outbox_bytes <= 0:
                 self._fail("direct message")
                 return False
-            envelope = encode_direct(conn_id, message)
+            envelope = encode_direct(conn_id, self._origin, next(self._sequence), message)
             self._hold(Op(self._commands.direct(conn_id, envelope, held=True), DIRECT_MESSAGE))
             return True
         if len(self._publisher.queue) >= self.max_queue:
             self._fail("direct message (queue full)")
             return False
-        envelope = encode_direct(conn_id, message)
+        envelope = encode_direct(conn_id, self._origin, next(self._sequence), message)
         self.stats.direct_published += 1
         self._publisher.push(Op(self._commands.direct(conn_id, envelope), DIRECT_MESSAGE))
         return True

@@ -132,8 +132,8 @@ class Publisher:
                 )
             except BaseException:
                 # Maybe sent, maybe not: back to the queue, which the outbox
-                # takes over (at least once: a message Redis did run before
-                # the connection broke goes again).
+                # takes over. A message Redis did run before the connection
+                # broke goes again; receivers skip it by its sequence number.
                 queue.extendleft(reversed(ops))
                 raise
             stats.batches += 1

@@ -19,7 +19,15 @@ from coredis.connection import BaseConnection
 from ..base import Node
 from .keys import Keys
 from .stats import RedisStats
-from .wire import CONTROL, ORIGIN_SIZE, SYSTEM_ORIGIN, decode_direct, decode_room
+from .wire import (
+    CONTROL,
+    ORIGIN_SIZE,
+    SEQUENCE,
+    SYSTEM_ORIGIN,
+    Sequences,
+    decode_direct,
+    decode_room,
+)
 
 __all__ = ["Hold", "Ingress"]
 
@@ -49,6 +57,9 @@ class Ingress:
         origin: This node's origin in room messages (its own come back: skipped).
         origins: Filled with the origins of room messages received (the
             nodes sharing rooms with this one); the owner may clear it.
+        sequences: The newest sequence number from each origin: a message
+            seen before (sent again by its node) is skipped and counted in
+            ``metrics.backplane_duplicates``.
         stats: Counts received messages.
         fail: Counts a malformed message as a failed operation (what, how many).
     """
@@ -60,6 +71,7 @@ class Ingress:
         node_channel: bytes,
         origin: bytes,
         origins: set[bytes],
+        sequences: Sequences,
         stats: RedisStats,
         fail: Callable[[str, int], None],
     ) -> None:
@@ -67,6 +79,7 @@ class Ingress:
         self.node_channel = node_channel
         self.origin = origin
         self.origins = origins
+        self.sequences = sequences
         self.stats = stats
         self.fail = fail
         #: The subscriber connection of the current session, if any.
@@ -145,6 +158,8 @@ class Ingress:
         channel_rooms = self.channel_rooms
         origins = self.origins
         holds = self.holds
+        is_copy = self.sequences.is_copy
+        sequence_of = SEQUENCE.unpack_from
         last_origin = origin
         async for push in sub.push_messages:
             kind = push[0]
@@ -156,8 +171,11 @@ class Ingress:
                         if data.startswith(CONTROL):
                             self.on_control(data)
                             continue
+                        target, sender, sequence, message = decode_direct(data)
+                        if is_copy(sender, sequence):
+                            self._copy(node)
+                            continue
                         stats.direct_received += 1
-                        target, message = decode_direct(data)
                         node.deliver_direct_from_backplane(target, message)
                         continue
                     room = channel_rooms.get(channel)
@@ -170,6 +188,9 @@ class Ingress:
                         last_origin = data[:ORIGIN_SIZE]
                         if last_origin != SYSTEM_ORIGIN:
                             origins.add(last_origin)
+                    if is_copy(last_origin, sequence_of(data, ORIGIN_SIZE)[0]):
+                        self._copy(node)
+                        continue
                     stats.room_received += 1
                     exclude, message = decode_room(data)
                     if holds and room in holds:
@@ -193,3 +214,9 @@ class Ingress:
                 event = self.acks.get(push[1])  # type: ignore[arg-type]
                 if event is not None:
                     event.set()
+
+    def _copy(self, node: Node) -> None:
+        # Sent again by its node after its publisher connection broke, though
+        # Redis had run it: delivered once already.
+        self.stats.duplicates += 1
+        node.metrics.backplane_duplicates += 1

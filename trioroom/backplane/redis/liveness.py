@@ -26,6 +26,7 @@ from .egress import MEMBERSHIP, Op, Publisher, command
 from .keys import Keys
 from .membership import SCRIPTS, Commands
 from .stats import RedisStats
+from .wire import Sequences
 
 __all__ = ["Liveness", "StateLost"]
 
@@ -74,6 +75,9 @@ class Liveness:
         self.peers: set[bytes] = set()
         #: Origins of room messages received (nodes sharing rooms with this one).
         self.origins: set[bytes] = set()
+        #: The newest sequence number received from each node; a node that is
+        #: no longer registered is forgotten at the next heartbeat.
+        self.sequences = Sequences()
         #: How long a swept node's session records stay (its clients then learn
         #: that the node is gone: ``node_lost``).
         self.session_window = 0.0
@@ -169,6 +173,7 @@ class Liveness:
                 await sub.create_request(b"PING")
             self.peers = {n for n in nodes if n != node}
             self.origins.clear()  # registered nodes are in the peers now
+            self.sequences.keep_only(_origins_of(nodes))
             if not alive:
                 raise StateLost("this node's state vanished from Redis; registering again")
             if time.monotonic() >= next_reconcile:
@@ -255,6 +260,17 @@ class Liveness:
                     [command(b"SCRIPT", b"LOAD", script) for script in SCRIPTS]
                 )
             await conn.create_request_batch([command(*args) for args in commands])
+
+
+def _origins_of(nodes: set[bytes]) -> set[bytes]:
+    """The origins (16-byte IDs in messages) of registered node IDs (hex)."""
+    origins = set()
+    for node in nodes:
+        try:
+            origins.add(bytes.fromhex(node.decode()))
+        except (UnicodeDecodeError, ValueError):
+            pass  # not a node of ours: nothing to keep
+    return origins
 
 
 def _checked(result: Any) -> Any:

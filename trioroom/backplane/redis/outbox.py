@@ -1,8 +1,9 @@
 """Cross-node messages kept while Redis is unreachable.
 
 They go out in order, ahead of new traffic, once Redis and the other nodes
-are back. Delivery is at least once: a batch in flight when the connection
-broke is kept again, and Redis may have run part of it.
+are back. A batch in flight when the connection broke is kept again, and
+Redis may have run part of it: the receiving nodes skip those copies by their
+sequence numbers (``wire.Sequences``).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def tell_sender(node: Node, op: Op, why: str) -> None:
     if op.kind == PUBLISH:
         _exclude, message = decode_room(data)
     else:
-        _target, message = decode_direct(data)
+        message = decode_direct(data)[-1]
     try:
         room, event, _dst, src, _payload = decode_fields(message)
     except FrameError:  # pragma: no cover - we encoded it

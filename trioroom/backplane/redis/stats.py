@@ -25,6 +25,8 @@ class RedisStats:
     direct_received: int = 0
     #: Own room messages coming back on a subscribed channel (skipped).
     echoes: int = 0
+    #: Messages received a second time (sent again by their node): skipped.
+    duplicates: int = 0
     #: Connections established (the first one included).
     sessions: int = 0
     #: Dead nodes whose members this node removed.
