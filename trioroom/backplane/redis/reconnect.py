@@ -70,6 +70,15 @@ async def keep_session(
                 )
             else:
                 logger.debug("Redis backplane: reconnect failed: %s", _describe(exc))
+        except BaseExceptionGroup as group:
+            cancelled, errors = group.split(trio.Cancelled)
+            if cancelled is None or errors is None:
+                raise
+            # Cancelled while the connection failed under the session (it is
+            # closing along with us): the cancellation is the outcome, and the
+            # error must not escape into the caller's nursery.
+            logger.debug("Redis backplane: failed while cancelled: %s", _describe(errors))
+            raise cancelled from None
         finally:
             attempted.set()
         if attempts == 0:
