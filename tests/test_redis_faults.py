@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -24,6 +22,7 @@ from trioroom import Message, Server
 from trioroom.backplane.redis import RedisBackplane
 
 from . import test_redis
+from .test_extension import CuttableProxy
 from .test_redis import LIMIT, StartCluster, join_all
 from .wire import wait_until
 
@@ -36,40 +35,22 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-class MutingProxy:
-    """A TCP proxy to Redis that goes deaf on the connection that sent ``trap``.
+class MutingProxy(CuttableProxy):
+    """A proxy to Redis that goes deaf on the connection that sent ``trap``.
 
     The bytes carrying ``trap`` reach Redis, which runs them; from then on
     nothing Redis sends on that connection comes back. The node's other
     connections (subscriber, heartbeat) and later ones are untouched.
-    :meth:`cut` resets every connection at once.
     """
 
     def __init__(self, port: int) -> None:
-        self.port = port
+        super().__init__(("127.0.0.1", port))
         self.trap: bytes | None = None
         self.muted = 0
-        self.nodes: list[trio.SocketStream] = []
-
-    def cut(self) -> None:
-        """Reset the node side of every connection (RST, no goodbye)."""
-        for stream in self.nodes:
-            sock = stream.socket
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            except OSError:
-                pass
-            sock.close()
-        self.nodes = []
-
-    async def run(self, *, task_status: trio.TaskStatus[int]) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._handle, listeners)
 
     async def _handle(self, node: trio.SocketStream) -> None:
-        redis = await trio.open_tcp_stream("127.0.0.1", self.port)
-        self.nodes.append(node)
+        redis = await trio.open_tcp_stream(*self.target)
+        self.sockets += [node, redis]
         muted = False
 
         async def up() -> None:
@@ -103,7 +84,7 @@ async def test_a_batch_sent_again_after_redis_ran_it_is_delivered_once(
     nursery: trio.Nursery, start_cluster: StartCluster, redis_server: test_redis.RedisProcess
 ) -> None:
     proxy = MutingProxy(redis_server.port)
-    port = await nursery.start(proxy.run)
+    _, port = await nursery.start(proxy.run)
     (a_node,) = await start_cluster(
         1,
         url=f"redis://127.0.0.1:{port}/0",
@@ -148,7 +129,7 @@ async def test_a_server_cancelled_as_its_redis_connections_drop_ends_cleanly(
     nursery: trio.Nursery, redis_server: test_redis.RedisProcess, prefix: str
 ) -> None:
     proxy = MutingProxy(redis_server.port)
-    port = await nursery.start(proxy.run)
+    _, port = await nursery.start(proxy.run)
     # The drop and the cancellation meet at various points of the shutdown.
     for attempt in range(20):
         backplane = RedisBackplane(f"redis://127.0.0.1:{port}/0", prefix=f"{prefix}{attempt}")
